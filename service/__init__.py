@@ -1,0 +1,1 @@
+"""Online side: the FastAPI ranking service (later issues). Never imports training or torch."""

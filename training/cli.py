@@ -1,0 +1,146 @@
+"""The ``ranker`` command: one entry point, a subcommand per job.
+
+    ranker simulate --preset tiny --out data/tiny        # a simulated world's impression log
+    ranker simulate --preset default --set n_days=14 --out data/default
+    ranker kuairand --logs 'path/log_*.csv' --users U.csv --videos V.csv --out data/kr
+    ranker validate data/tiny                            # check a dataset or shard files
+    ranker info data/tiny                                # what a dataset holds
+
+Errors in what the user passed (bad config values, malformed logs, existing outputs) end
+with a one-line message and exit status 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from contract.schema import LogValidationError, validate_log_file
+from training.data.pipeline import Dataset, DatasetError
+from training.sim.config import ConfigError, parse_overrides, preset
+
+Handler = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, Handler] = {}
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from training.sim.generate import generate_dataset
+
+    cfg = preset(args.preset).with_overrides(parse_overrides(args.set or []))
+    meta = generate_dataset(
+        cfg,
+        args.out,
+        overwrite=args.overwrite,
+        shard_rows=args.shard_rows,
+        valid_days=args.valid_days,
+        test_days=args.test_days,
+        progress=not args.no_progress,
+        preset_name=args.preset,
+    )
+    c = meta["counts"]
+    print(
+        f"wrote {args.out}: {c['impressions']:,} impressions, {c['rows']:,} rows, "
+        f"{c['sessions']:,} sessions, {len(meta['shards'])} shards in {meta['seconds']} s"
+    )
+    return 0
+
+
+def _cmd_kuairand(args: argparse.Namespace) -> int:
+    from training.data.kuairand import convert_kuairand
+
+    meta = convert_kuairand(
+        logs=args.logs,
+        users_csv=args.users,
+        videos_csv=args.videos,
+        out=args.out,
+        session_gap_minutes=args.session_gap_minutes,
+        list_size=args.list_size,
+        overwrite=args.overwrite,
+        valid_days=args.valid_days,
+        test_days=args.test_days,
+        progress=not args.no_progress,
+    )
+    c = meta["counts"]
+    print(f"wrote {args.out}: {c['impressions']:,} impressions, {c['sessions']:,} sessions")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    total = 0
+    for p in args.paths:
+        path = Path(p)
+        files = Dataset.open(path).paths() if path.is_dir() else [path]
+        for f in files:
+            total += validate_log_file(f)
+    print(f"ok: {total:,} rows valid")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    ds = Dataset.open(args.path)
+    m = ds.meta
+    out = {
+        "source": m.get("source"),
+        "preset": m.get("preset"),
+        "code_version": m.get("code_version"),
+        "counts": m.get("counts"),
+        "split_shards": {k: len(v) for k, v in m["split"].items()},
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ranker", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="simulate a world and write its impression log")
+    s.add_argument("--preset", default="tiny", help="tiny | default | large (default: tiny)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a world config value, e.g. n_days=14 or mechanisms.drift=false")
+    s.add_argument("--out", required=True, help="dataset folder to create")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    s.add_argument("--shard-rows", type=int, default=2_000_000)
+    s.add_argument("--valid-days", type=int, default=1)
+    s.add_argument("--test-days", type=int, default=1)
+    s.add_argument("--no-progress", action="store_true")
+    _COMMANDS["simulate"] = _cmd_simulate
+
+    k = sub.add_parser("kuairand", help="convert KuaiRand log files into an impression log")
+    k.add_argument("--logs", nargs="+", required=True, help="log_standard_*.csv / log_random_*.csv")
+    k.add_argument("--users", required=True, help="user_features_*.csv")
+    k.add_argument("--videos", required=True, help="video_features_basic_*.csv")
+    k.add_argument("--out", required=True)
+    k.add_argument("--session-gap-minutes", type=float, default=30.0)
+    k.add_argument("--list-size", type=int, default=10,
+                   help="consecutive rows of a session grouped into one request")
+    k.add_argument("--overwrite", action="store_true")
+    k.add_argument("--valid-days", type=int, default=1)
+    k.add_argument("--test-days", type=int, default=1)
+    k.add_argument("--no-progress", action="store_true")
+    _COMMANDS["kuairand"] = _cmd_kuairand
+
+    v = sub.add_parser("validate", help="check log shards (or a dataset folder) against the schema")
+    v.add_argument("paths", nargs="+")
+    _COMMANDS["validate"] = _cmd_validate
+
+    i = sub.add_parser("info", help="summarise a dataset folder")
+    i.add_argument("path")
+    _COMMANDS["info"] = _cmd_info
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (ConfigError, DatasetError, LogValidationError, FileNotFoundError) as e:
+        print(f"ranker {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
