@@ -264,7 +264,9 @@ def prefix_counts(keys: np.ndarray) -> np.ndarray:
     return (eq & earlier).sum(-1)
 
 
-def candidate_prefix_counts(cand_keys: np.ndarray, placed_keys: np.ndarray, n_placed: int | np.ndarray) -> np.ndarray:
+def candidate_prefix_counts(
+    cand_keys: np.ndarray, placed_keys: np.ndarray, n_placed: int | np.ndarray
+) -> np.ndarray:
     """How many of the first ``n_placed`` placed items share each candidate's key.
 
     Args:

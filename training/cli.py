@@ -99,8 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("simulate", help="simulate a world and write its impression log")
     s.add_argument("--preset", default="tiny", help="tiny | default | large (default: tiny)")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a world config value, e.g. n_days=14 or mechanisms.drift=false")
+    s.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a world config value, e.g. n_days=14 or mechanisms.drift=false",
+    )
     s.add_argument("--out", required=True, help="dataset folder to create")
     s.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     s.add_argument("--shard-rows", type=int, default=2_000_000)
@@ -115,8 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--videos", required=True, help="video_features_basic_*.csv")
     k.add_argument("--out", required=True)
     k.add_argument("--session-gap-minutes", type=float, default=30.0)
-    k.add_argument("--list-size", type=int, default=10,
-                   help="consecutive rows of a session grouped into one request")
+    k.add_argument(
+        "--list-size",
+        type=int,
+        default=10,
+        help="consecutive rows of a session grouped into one request",
+    )
     k.add_argument("--overwrite", action="store_true")
     k.add_argument("--valid-days", type=int, default=1)
     k.add_argument("--test-days", type=int, default=1)

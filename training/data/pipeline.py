@@ -53,12 +53,20 @@ def code_version() -> str:
     root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-            check=True, timeout=10,
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-            capture_output=True, text=True, check=True, timeout=10,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -239,7 +247,11 @@ class Dataset:
         """The whole split in memory (for small data and evaluation; stream for training)."""
         paths = self.paths(split)
         if not paths:
-            return LOG_SCHEMA.empty_table() if columns is None else LOG_SCHEMA.empty_table().select(columns)
+            return (
+                LOG_SCHEMA.empty_table()
+                if columns is None
+                else LOG_SCHEMA.empty_table().select(columns)
+            )
         return pa.concat_tables(pq.read_table(p, columns=columns) for p in paths)
 
 
@@ -265,7 +277,11 @@ def iter_session_batches(
     """
     if sessions_per_batch < 1:
         raise ValueError(f"sessions_per_batch={sessions_per_batch} must be >= 1")
-    cols = None if columns is None else sorted(set(columns) | {"session_id"}, key=LOG_SCHEMA.names.index)
+    cols = (
+        None
+        if columns is None
+        else sorted(set(columns) | {"session_id"}, key=LOG_SCHEMA.names.index)
+    )
     carry: pa.Table | None = None
     for path in paths:
         try:
@@ -297,6 +313,10 @@ def iter_session_batches(
             starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
             for j in range(0, len(starts), sessions_per_batch):
                 lo = int(starts[j])
-                hi = int(starts[j + sessions_per_batch]) if j + sessions_per_batch < len(starts) else carry.num_rows
+                hi = (
+                    int(starts[j + sessions_per_batch])
+                    if j + sessions_per_batch < len(starts)
+                    else carry.num_rows
+                )
                 yield carry.slice(lo, hi - lo)
         carry = None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from training.sim.env import Observation
-from training.sim.rng import Stream, gumbel, uniform
+from training.sim.rng import Stream, gumbel, uniform, uniform32
 from training.sim.world import World
 
 CLICKBAIT_PULL = 0.8
@@ -113,12 +113,15 @@ class LoggingPolicy:
         """Production scores ``(B, C)`` of the candidates (higher is better)."""
         w = self.world
         items = obs.candidates
-        base = np.einsum("bd,bcd->bc", self._z[obs.users], self._vec[items])
-        # Logistic noise scaled to unit variance: one hash per (user, item), fixed over time.
-        u = uniform(w.cfg.seed, Stream.LOGGING_NOISE, obs.users[:, None], items)
-        err = (np.log(u + 1e-12) - np.log1p(-u)) * (np.sqrt(3.0) / np.pi)
+        vec = np.take(self._vec, items, axis=0)  # (B, C, D)
+        base = np.matmul(vec, self._z[obs.users][:, :, None])[..., 0]
+        # Uniform noise with unit variance: one hash per (user, item), fixed over time.
+        u = uniform32(w.cfg.seed, Stream.LOGGING_NOISE, obs.users[:, None], items)
+        err = (u - np.float32(0.5)) * np.float32(np.sqrt(12.0))
         return (
-            w.cfg.affinity_weight * base + self._static[items] + self.noise_sd * err
+            np.float32(w.cfg.affinity_weight) * base
+            + np.take(self._static, items)
+            + np.float32(self.noise_sd) * err
         )
 
     def sample(self, obs: Observation, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,10 +19,17 @@ _INV_2_53 = 1.0 / float(1 << 53)
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser (a bijection on uint64)."""
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
-    return z ^ (z >> _S31)
+    """The splitmix64 finaliser (a bijection on uint64); works in place on arrays."""
+    if not isinstance(z, np.ndarray) or z.ndim == 0:
+        z = (z ^ (z >> _S30)) * _M1
+        z = (z ^ (z >> _S27)) * _M2
+        return z ^ (z >> _S31)
+    z ^= z >> _S30
+    z *= _M1
+    z ^= z >> _S27
+    z *= _M2
+    z ^= z >> _S31
+    return z
 
 
 def hash_keys(seed: int, stream: int, *keys: np.ndarray | int) -> np.ndarray:
@@ -30,7 +37,7 @@ def hash_keys(seed: int, stream: int, *keys: np.ndarray | int) -> np.ndarray:
     with np.errstate(over="ignore"):
         h = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + np.uint64(stream))
         for k in keys:
-            h = _mix(h + _GOLDEN + np.asarray(k).astype(np.uint64, copy=False))
+            h = _mix(h + (np.asarray(k).astype(np.uint64, copy=False) + _GOLDEN))
     return np.asarray(h)
 
 
@@ -38,6 +45,12 @@ def uniform(seed: int, stream: int, *keys: np.ndarray | int) -> np.ndarray:
     """Uniform draws in [0, 1), float64, one per broadcast key tuple."""
     h = hash_keys(seed, stream, *keys)
     return (h >> _S11).astype(np.float64) * _INV_2_53
+
+
+def uniform32(seed: int, stream: int, *keys: np.ndarray | int) -> np.ndarray:
+    """Uniform draws in [0, 1), float32 with 24 random bits (for noise and ranking keys)."""
+    h = hash_keys(seed, stream, *keys)
+    return (h >> np.uint64(40)).astype(np.float32) * np.float32(1.0 / (1 << 24))
 
 
 def normal(seed: int, stream: int, *keys: np.ndarray | int) -> np.ndarray:
@@ -49,8 +62,10 @@ def normal(seed: int, stream: int, *keys: np.ndarray | int) -> np.ndarray:
 
 def gumbel(seed: int, stream: int, *keys: np.ndarray | int) -> np.ndarray:
     """Standard Gumbel draws, float32 (enough for ranking keys)."""
-    u = uniform(seed, stream, *keys).astype(np.float32)
-    return -np.log(-np.log(u * np.float32(1 - 1e-6) + np.float32(1e-7)))
+    # 23 random bits centred in their cells: u in (0, 1) exactly, so both logs are finite.
+    h = hash_keys(seed, stream, *keys)
+    u = ((h >> np.uint64(41)).astype(np.float32) + np.float32(0.5)) * np.float32(2.0**-23)
+    return -np.log(-np.log(u))
 
 
 # Streams: one constant per kind of draw, so adding a draw never shifts another.

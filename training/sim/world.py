@@ -179,7 +179,9 @@ def build_world(cfg: WorldConfig) -> World:
     _, author_idx = np.unique(author, return_inverse=True)
     author_style = rng.normal(size=(author_idx.max() + 1, d))
     author_appeal = rng.normal(0.0, 0.8, size=author_idx.max() + 1)[author_idx]
-    vec = _unit(centres[topic] * 2.2 + 0.55 * author_style[author_idx] + 0.45 * rng.normal(size=(n, d)))
+    vec = _unit(
+        centres[topic] * 2.2 + 0.55 * author_style[author_idx] + 0.45 * rng.normal(size=(n, d))
+    )
     quality = rng.normal(0.0, 1.0, size=n)
     pop = rng.normal(0.0, cfg.popularity_sd, size=n)
     if mech.clickbait:
@@ -224,7 +226,11 @@ def build_world(cfg: WorldConfig) -> World:
         user_id = np.arange(u, dtype=np.int64)
         fields = np.stack(
             [
-                rng.choice(np.arange(1, 10), p=_ACTIVITY_BY_ACTIVE[1:] / _ACTIVITY_BY_ACTIVE[1:].sum(), size=u),
+                rng.choice(
+                    np.arange(1, 10),
+                    p=_ACTIVITY_BY_ACTIVE[1:] / _ACTIVITY_BY_ACTIVE[1:].sum(),
+                    size=u,
+                ),
                 rng.integers(1, 9, size=u),
                 rng.integers(1, 9, size=u),
                 rng.integers(1, 10, size=u),
@@ -320,7 +326,11 @@ def appeal_logit(
         + c.clickbait_appeal * w.item_clickbait[items]
     )
     if m.fatigue_list:
-        logit = logit - c.fatigue_list_tag * same_tag_before - c.fatigue_list_author * same_author_before
+        logit = (
+            logit
+            - c.fatigue_list_tag * same_tag_before
+            - c.fatigue_list_author * same_author_before
+        )
     if m.fatigue_cross:
         logit = logit - c.fatigue_cross * recent_tag_load
     return logit
@@ -342,7 +352,7 @@ SAT_NOISE_SD = 0.7
 
 
 def smoothed_sigmoid(mean: np.ndarray, sd: float) -> np.ndarray:
-    """E[sigmoid(mean + sd * N(0,1))] by the probit approximation ``sigmoid(m / sqrt(1 + pi sd^2 / 8))``."""
+    """E[sigmoid(mean + sd * N(0,1))], probit approximation: sigmoid(m / sqrt(1 + pi sd^2 / 8))."""
     return sigmoid(mean / np.sqrt(1.0 + np.pi * sd * sd / 8.0))
 
 
@@ -351,7 +361,9 @@ def watch_fraction_logit(w: World, sigma: np.ndarray, items: np.ndarray) -> np.n
     return sigma - w.cfg.duration_weight * np.log(w.item_duration[items] / 30.0)
 
 
-def aspect_logits(w: World, sigma: np.ndarray, users: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
+def aspect_logits(
+    w: World, sigma: np.ndarray, users: np.ndarray, items: np.ndarray
+) -> dict[str, np.ndarray]:
     """Logits of like/comment/follow (given a click) and hate (given an impression)."""
     c = w.cfg
     return {
