@@ -199,12 +199,13 @@ def build_world(cfg: WorldConfig) -> World:
             raise ConfigError(
                 f"world config n_users={cfg.n_users}: KuaiRand-Pure has {len(urows)} users"
             )
-        upick = np.sort(rng.choice(len(urows), size=cfg.n_users, replace=False))
-        urows = [urows[i] for i in upick]
+        # The range vocabularies come from the whole file, so ids do not depend on the sample.
         range_maps: dict[str, dict[str, int]] = {}
         for col in ("follow_user_num_range", "fans_user_num_range", "friend_user_num_range"):
             vals = sorted({r[col] for r in urows})
             range_maps[col] = {v: i + 1 for i, v in enumerate(vals)}
+        upick = np.sort(rng.choice(len(urows), size=cfg.n_users, replace=False))
+        urows = [urows[i] for i in upick]
         user_id = np.array([_int(r["user_id"]) for r in urows], dtype=np.int64)
         fields = np.array(
             [

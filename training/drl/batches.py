@@ -1,0 +1,146 @@
+"""Training batches for list-wise Q learning, built from :class:`~training.data.features.Requests`.
+
+One real instance is one logged impression ``g``: the item shown at slot ``t`` of request
+``r``. Its state is the session's last ``m`` impressions before it plus the request's user and
+context; its next state is slot ``t + 1`` of the same request, or slot 0 of the session's next
+request after the last shown slot, or terminal after the last slot of the last request
+(METHODS.md). The next state's candidates are the request's logged candidates not yet placed
+(impressed and non-impressed): the Double-DQN max runs over them.
+
+Exploration candidates (the *input* of DRL-Rec's exploring-and-filtering module) are the
+request's logged candidates still unplaced at slot ``t`` (other than the real item), topped up
+with uniformly drawn catalogue items (the "random items from the catalogue" of METHODS.md) to
+``n_explore``, or a random subset when there are more than ``n_explore``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from contract.schema import FEEDBACK
+from training.data.features import Requests, SideTables, candidate_ids, catalogue_ids
+
+
+@dataclass
+class Batch:
+    """Tensors of one training batch (B real instances)."""
+
+    hist_ids: torch.Tensor  # (B, m, n) the last m impressions before the instance
+    hist_mask: torch.Tensor  # (B, m) bool
+    cur_ids: torch.Tensor  # (B, n) the instance's own impression
+    user_ctx: torch.Tensor  # (B, 10)
+    action: torch.Tensor  # (B, 12) item + list ids of the shown item
+    reward: torch.Tensor  # (B,) float
+    done: torch.Tensor  # (B,) bool
+    next_user_ctx: torch.Tensor  # (B, 10)
+    next_cand: torch.Tensor  # (B, C, 12)
+    next_mask: torch.Tensor  # (B, C) bool
+    explore: torch.Tensor | None  # (B, X, 12)
+    explore_mask: torch.Tensor | None  # (B, X) bool
+    slate: torch.Tensor  # (B, K, 12) the request's shown items at slot t (real lessons)
+    slate_mask: torch.Tensor  # (B, K) bool: shown, other than the instance's own item
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            **{
+                k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                for k, v in self.__dict__.items()
+            }
+        )
+
+
+def history(req: Requests, g: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, m, n)`` ids and ``(B, m)`` mask of the ``m`` impressions before each ``g``."""
+    idx = g[:, None] - m + np.arange(m)[None, :]
+    mask = idx >= req.imp_sess_start[g][:, None]
+    ids = req.imp_ids[np.clip(idx, 0, None)]
+    return np.where(mask[..., None], ids, 0), mask
+
+
+def make_batch(
+    req: Requests,
+    side: SideTables,
+    g: np.ndarray,
+    *,
+    memory: int,
+    reward: str = "click",
+    n_explore: int = 0,
+    rng: np.random.Generator | None = None,
+) -> Batch:
+    """Build the batch of real instances ``g`` (flat impression indices of ``req``)."""
+    g = np.asarray(g, dtype=np.int64)
+    r = req.imp_req[g]
+    t = req.imp_slot[g]
+    hist, hmask = history(req, g, memory)
+    same = t + 1 < req.n_shown[r]
+    nxt = req.next_req[r]
+    done = ~same & (nxt < 0)
+    nr = np.where(same, r, np.where(done, r, nxt))
+    nt = np.where(same, t + 1, 0)
+    n_cols = req.cand_item.shape[1]
+    cols = np.arange(n_cols)[None, :]
+    next_mask = req.cand_mask[nr] & (cols >= nt[:, None]) & ~done[:, None]
+    next_cand = candidate_ids(req, nr, nt)
+    k = req.list_size
+    slate = candidate_ids(req, r, t, cols=np.broadcast_to(np.arange(k), (len(r), k)))
+    slate_mask = (np.arange(k)[None, :] < req.n_shown[r][:, None]) & (
+        np.arange(k)[None, :] != t[:, None]
+    )
+    rew = req.feedback[r, t, FEEDBACK.index(reward)]
+    explore = explore_mask = None
+    if n_explore > 0:
+        if rng is None:
+            raise ValueError("n_explore > 0 needs an rng")
+        explore, explore_mask = exploration_candidates(req, side, r, t, n_explore, rng)
+
+    def lt(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64))
+
+    return Batch(
+        hist_ids=lt(hist),
+        hist_mask=torch.from_numpy(hmask),
+        cur_ids=lt(req.imp_ids[g]),
+        user_ctx=lt(req.user_ctx[r]),
+        action=lt(req.imp_ids[g, req.user_ctx.shape[1] :]),
+        reward=torch.from_numpy(rew.astype(np.float32)),
+        done=torch.from_numpy(done),
+        next_user_ctx=lt(req.user_ctx[nr]),
+        next_cand=lt(next_cand),
+        next_mask=torch.from_numpy(next_mask),
+        explore=None if explore is None else lt(explore),
+        explore_mask=None if explore_mask is None else torch.from_numpy(explore_mask),
+        slate=lt(slate),
+        slate_mask=torch.from_numpy(slate_mask),
+    )
+
+
+def exploration_candidates(
+    req: Requests,
+    side: SideTables,
+    r: np.ndarray,
+    t: np.ndarray,
+    n_explore: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, X, 12)`` ids and ``(B, X)`` mask of the exploration input of each instance."""
+    b = len(r)
+    n_cols = req.cand_item.shape[1]
+    cols = np.arange(n_cols)[None, :]
+    unplaced = req.cand_mask[r] & (cols > t[:, None])
+    if n_explore <= n_cols:
+        # A random subset of the unplaced logged candidates: random keys, take the top X.
+        keys = np.where(unplaced, rng.random((b, n_cols)), -1.0)
+        pick = np.argpartition(-keys, n_explore - 1, axis=1)[:, :n_explore]
+        ids = candidate_ids(req, r, t, cols=pick)
+        return ids, np.take_along_axis(unplaced, pick, axis=1)
+    logged = candidate_ids(req, r, t)
+    extra = rng.integers(0, side.n_items, size=(b, n_explore - n_cols))
+    cat = catalogue_ids(req, side, r, t, extra)
+    ids = np.concatenate([logged, cat], axis=1)
+    # A catalogue draw may repeat one of the request's candidates (about X/N of them); that
+    # only duplicates a lesson, so it is left in rather than checked per batch.
+    mask = np.concatenate([unplaced, np.ones(extra.shape, dtype=bool)], axis=1)
+    return ids, mask

@@ -1,0 +1,423 @@
+"""DRL-Rec training: teacher and student Double DQN, exploring and filtering, distillation.
+
+Reads top to bottom: the config (every ablation of the paper's Table 4 is a switch), the
+module whose ``forward(batch)`` is one step's losses (so DistributedDataParallel can wrap it),
+the trainer (optimiser, target networks, checkpoints), the loop over streamed data, and
+evaluation (the Q value of each logged impression, scored as a click predictor: AUC).
+
+One step, for a batch of real instances (METHODS.md, "DRL-Rec"):
+
+1. Teacher and student each compute ``Q(s_t, a_t)`` and a Double-DQN target ``y`` from their
+   own online/target pair over the next state's unplaced logged candidates; ``L_T``, ``L_S``
+   are the squared TD errors.
+2. Exploring and filtering: both score the exploration input (``n_explore`` items per state);
+   the teacher's top ``n_filtered`` and the student's top ``n_filtered`` (a student pick that
+   the teacher also picked is counted once) join the real item as that state's lessons.
+3. Confidence: ``c = 1 - (q^T - y^T)^2 / eta`` per real instance, its batch mean for
+   exploration lessons (switch off: all 1).
+4. ``L_KL``: per state, the list ``[real item] + filtered items``, KL at temperature 10,
+   weighted by the real instance's confidence. Without exploring and filtering the list holds
+   the real item alone, so ``L_KL`` is 0 and distillation runs through the hint loss: that is
+   what "no exploration lessons" means for a per-state list, and the ablation table says so.
+5. ``L_Hint`` on every lesson's last hidden layer, a learned linear adapter from the student's
+   width to the teacher's.
+6. ``L = 2 L_T + 2 L_S + L_KL + L_Hint``; the teacher gets gradient only from ``L_T``.
+
+Differences from the authors' simplified code (github modriczhang/DRL-Rec) are in
+:mod:`training.drl.losses` and :mod:`training.drl.networks`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from contract.features import DEFAULT_SPEC
+from training.data.features import Requests, SideTables, build_requests
+from training.data.pipeline import Dataset, iter_session_batches, shard_for_rank
+from training.drl.batches import Batch, history, make_batch
+from training.drl.losses import (
+    DistillLosses,
+    combine,
+    confidence,
+    double_dqn_target,
+    hint_loss,
+    listwise_kl,
+    make_hint_adapter,
+    td_loss,
+)
+from training.drl.networks import QNetConfig, QNetwork, push
+
+
+@dataclass(frozen=True)
+class DRLConfig:
+    """DRL-Rec hyper-parameters and switches (defaults: METHODS.md and the paper)."""
+
+    gamma: float = 0.4
+    """Discount; 0 is the "future rewards" ablation."""
+    compression: float = 0.5
+    """Student size / teacher size for every width (paper Fig. 4a sweeps 0.875..0.25)."""
+    n_explore: int = 1000
+    """Input exploration candidates per state (paper: 100 / 500 / 1000)."""
+    n_filtered: int = 3
+    """Top-k kept by the teacher and by the student each (paper Fig. 4b sweeps 1..10)."""
+    temperature: float = 10.0
+    """KL temperature tau."""
+    loss_weights: tuple[float, float, float, float] = (2.0, 2.0, 1.0, 1.0)
+    """Weights of L_T, L_S, L_KL, L_Hint."""
+    explore_filter: bool = True
+    """Ablation switch: exploration lessons."""
+    use_confidence: bool = True
+    """Ablation switch: confidence weights (off: all 1)."""
+    use_kl: bool = True
+    """Ablation switch: the list-wise KL loss."""
+    use_hint: bool = True
+    """Ablation switch: the hint loss."""
+    gru: bool = True
+    """Ablation switch: GRU over the impression buffer (off: average pooling)."""
+    self_attention: bool = True
+    """Ablation switch: field self-attention (off: average pooling)."""
+    d_r: int = 16
+    """Teacher field embedding dimension."""
+    gru_hidden: int = 64
+    """Teacher GRU width."""
+    mlp: tuple[int, ...] = (128, 64, 32)
+    """Teacher Q-MLP widths (the last is the hint layer)."""
+    memory: int = 10
+    """m: impressions the state reads."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    batch_size: int = 256
+    """Real instances per step."""
+    grad_clip: float = 10.0
+    """Global gradient-norm clip."""
+    target_tau: float = 0.005
+    """Soft target update rate."""
+    epochs: int = 1
+    """Passes over the training split."""
+    max_instances: int = 0
+    """Stop after this many real instances (0: no limit)."""
+    sessions_per_chunk: int = 2048
+    """Sessions read and shuffled together."""
+    reward: str = "click"
+    """Feedback aspect used as the reward r_t."""
+    seed: int = 0
+    """Seed of the initialisation, the shuffling and the exploration draws."""
+    log_every: int = 50
+    """Steps between logged loss lines."""
+
+    def teacher_net(self) -> QNetConfig:
+        return QNetConfig.from_spec(
+            DEFAULT_SPEC,
+            d_r=self.d_r,
+            gru_hidden=self.gru_hidden,
+            mlp=self.mlp,
+            memory=self.memory,
+            gru=self.gru,
+            self_attention=self.self_attention,
+        )
+
+    def student_net(self) -> QNetConfig:
+        return self.teacher_net().scaled(self.compression)
+
+    def with_overrides(self, **kw: Any) -> DRLConfig:
+        unknown = set(kw) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"DRL config: unknown keys {sorted(unknown)}")
+        return dataclasses.replace(self, **kw)
+
+
+class DRLRec(nn.Module):
+    """Teacher, student and hint adapter; ``forward(batch)`` returns the step's losses."""
+
+    def __init__(self, cfg: DRLConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.teacher = QNetwork(cfg.teacher_net())
+        self.student = QNetwork(cfg.student_net())
+        self.adapter = make_hint_adapter(self.student.cfg.hint_dim, self.teacher.cfg.hint_dim)
+
+    def forward(
+        self, b: Batch, teacher_target: QNetwork, student_target: QNetwork
+    ) -> tuple[DistillLosses, dict[str, float]]:
+        cfg = self.cfg
+        enc_t = self.teacher.encode_history(b.hist_ids)
+        s_t = self.teacher.state(enc_t, b.hist_mask, b.user_ctx)
+        q_t, h_t = self.teacher.q_from_state(s_t, b.action[:, None])
+        enc_s = self.student.encode_history(b.hist_ids)
+        s_s = self.student.state(enc_s, b.hist_mask, b.user_ctx)
+        q_s, h_s = self.student.q_from_state(s_s, b.action[:, None])
+
+        y_t = self._target(self.teacher, teacher_target, b, enc_t)
+        y_s = self._target(self.student, student_target, b, enc_s)
+        l_t = td_loss(q_t[:, 0], y_t)
+        l_s = td_loss(q_s[:, 0], y_s)
+
+        bsz = b.reward.shape[0]
+        if cfg.use_confidence:
+            c_real = confidence(q_t[:, 0], y_t)
+            c_explore = c_real.mean()
+        else:
+            c_real = torch.ones(bsz, device=q_t.device)
+            c_explore = torch.ones((), device=q_t.device)
+
+        # Lessons of each state: the real item, then the filtered exploration items.
+        lesson_ids = b.action[:, None]
+        lesson_mask = torch.ones(bsz, 1, dtype=torch.bool, device=q_t.device)
+        if cfg.explore_filter:
+            if b.explore is None or b.explore_mask is None:
+                raise ValueError("explore_filter is on but the batch has no exploration input")
+            picked, picked_mask = self._filter(s_t.detach(), s_s.detach(), b)
+            lesson_ids = torch.cat([lesson_ids, picked], dim=1)
+            lesson_mask = torch.cat([lesson_mask, picked_mask], dim=1)
+        need_lessons = cfg.use_kl or cfg.use_hint
+        zero = torch.zeros((), device=q_t.device)
+        kl = hint = zero
+        if need_lessons:
+            with torch.no_grad():
+                q_tl, h_tl = self.teacher.q_from_state(s_t.detach(), lesson_ids)
+            q_sl, h_sl = self.student.q_from_state(s_s, lesson_ids)
+            if cfg.use_kl:
+                kl = listwise_kl(q_tl, q_sl, lesson_mask, c_real, tau=cfg.temperature)
+            if cfg.use_hint:
+                w = torch.cat(
+                    [c_real[:, None], c_explore.expand(bsz, lesson_ids.shape[1] - 1)], dim=1
+                )
+                m = lesson_mask
+                hint = hint_loss(h_tl[m], self.adapter(h_sl[m]), w[m])
+        losses = combine(l_t, l_s, kl, hint, weights=cfg.loss_weights)
+        info = {
+            "charts/confidence": float(c_real.detach().mean()),
+            "charts/q_teacher": float(q_t.detach().mean()),
+            "charts/q_student": float(q_s.detach().mean()),
+            "charts/target": float(y_s.detach().mean()),
+        }
+        return losses, info
+
+    def _target(
+        self, net: QNetwork, target: QNetwork, b: Batch, enc_hist: torch.Tensor
+    ) -> torch.Tensor:
+        """Double-DQN target: the online net picks the next action, the target net values it."""
+        if self.cfg.gamma == 0:
+            return b.reward
+        with torch.no_grad():
+            buf, mask = push(enc_hist.detach(), b.hist_mask, net.encode(b.cur_ids))
+            q_on, _ = net.q_from_state(net.state(buf, mask, b.next_user_ctx), b.next_cand)
+            enc_tg = target.encode_history(b.hist_ids)
+            buf_t, mask_t = push(enc_tg, b.hist_mask, target.encode(b.cur_ids))
+            s_tg = target.state(buf_t, mask_t, b.next_user_ctx)
+            q_tg, _ = target.q_from_state(s_tg, b.next_cand)
+        return double_dqn_target(b.reward, b.done, self.cfg.gamma, q_on, q_tg, b.next_mask)
+
+    @torch.no_grad()
+    def _filter(
+        self, s_t: torch.Tensor, s_s: torch.Tensor, b: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-led and student-led top-k of the exploration input: ``(B, 2k, 12)``."""
+        assert b.explore is not None and b.explore_mask is not None
+        k = min(self.cfg.n_filtered, b.explore.shape[1])
+        neg = torch.finfo(torch.float32).min
+        q_te, _ = self.teacher.q_from_state(s_t, b.explore)
+        q_se, _ = self.student.q_from_state(s_s, b.explore)
+        top_t = q_te.masked_fill(~b.explore_mask, neg).topk(k, dim=1).indices
+        top_s = q_se.masked_fill(~b.explore_mask, neg).topk(k, dim=1).indices
+        valid_t = b.explore_mask.gather(1, top_t)
+        valid_s = b.explore_mask.gather(1, top_s) & ~(top_s[:, :, None] == top_t[:, None, :]).any(
+            -1
+        )
+        idx = torch.cat([top_t, top_s], dim=1)
+        picked = b.explore.gather(1, idx[:, :, None].expand(-1, -1, b.explore.shape[2]))
+        return picked, torch.cat([valid_t, valid_s], dim=1)
+
+
+def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """``theta' <- (1 - tau) theta' + tau theta``."""
+    with torch.no_grad():
+        for pt, p in zip(target.parameters(), online.parameters(), strict=True):
+            pt.lerp_(p, tau)
+
+
+class DRLTrainer:
+    """Optimiser, target networks, RNG and step counter around :class:`DRLRec`."""
+
+    def __init__(self, cfg: DRLConfig, side: SideTables, device: str = "cpu"):
+        self.cfg = cfg
+        self.side = side
+        self.device = torch.device(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.model = DRLRec(cfg).to(self.device)
+        self.teacher_target = copy.deepcopy(self.model.teacher).requires_grad_(False)
+        self.student_target = copy.deepcopy(self.model.student).requires_grad_(False)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.rng = np.random.default_rng([cfg.seed, 1])
+        self.step_count = 0
+        self.instances = 0
+        self.ddp: nn.Module | None = None
+
+    def wrap_ddp(self) -> None:
+        """Wrap the model in DistributedDataParallel (call after init_process_group)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        dev = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(self.model, device_ids=dev, find_unused_parameters=True)
+
+    def batch(self, req: Requests, g: np.ndarray) -> Batch:
+        n_explore = self.cfg.n_explore if self.cfg.explore_filter else 0
+        return make_batch(
+            req, self.side, g, memory=self.cfg.memory, reward=self.cfg.reward,
+            n_explore=n_explore, rng=self.rng,
+        )  # fmt: skip
+
+    def step(self, b: Batch) -> dict[str, float]:
+        self.model.train()
+        b = b.to(self.device)
+        module = self.ddp if self.ddp is not None else self.model
+        losses, info = module(b, self.teacher_target, self.student_target)
+        self.opt.zero_grad(set_to_none=True)
+        losses.total.backward()
+        gn = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        soft_update(self.teacher_target, self.model.teacher, self.cfg.target_tau)
+        soft_update(self.student_target, self.model.student, self.cfg.target_tau)
+        self.step_count += 1
+        self.instances += int(b.reward.shape[0])
+        return {**losses.metrics(), **info, "charts/grad_norm": float(gn)}
+
+    # ---- checkpoints ----
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "cfg": dataclasses.asdict(self.cfg),
+            "model": self.model.state_dict(),
+            "teacher_target": self.teacher_target.state_dict(),
+            "student_target": self.student_target.state_dict(),
+            "opt": self.opt.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "step": self.step_count,
+            "instances": self.instances,
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.model.load_state_dict(sd["model"])
+        self.teacher_target.load_state_dict(sd["teacher_target"])
+        self.student_target.load_state_dict(sd["student_target"])
+        self.opt.load_state_dict(sd["opt"])
+        self.rng.bit_generator.state = sd["rng"]
+        self.step_count = int(sd["step"])
+        self.instances = int(sd["instances"])
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: str | Path) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+
+
+def iter_training_batches(
+    trainer: DRLTrainer, paths: list[Path], epochs: int
+) -> Iterator[tuple[int, Batch]]:
+    """Stream chunks of whole sessions, shuffle their instances, cut batches."""
+    cfg = trainer.cfg
+    for epoch in range(epochs):
+        for table in iter_session_batches(paths, sessions_per_batch=cfg.sessions_per_chunk):
+            req = build_requests(table, trainer.side)
+            order = trainer.rng.permutation(req.n_impressions)
+            for lo in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
+                yield epoch, trainer.batch(req, order[lo : lo + cfg.batch_size])
+
+
+def train(
+    trainer: DRLTrainer,
+    dataset: Dataset,
+    *,
+    out: Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 500,
+    progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, Any]:
+    """Train on the dataset's training split; returns the run's summary (also saved)."""
+    from tqdm.auto import tqdm
+
+    cfg = trainer.cfg
+    ckpt = out / "checkpoint.pt" if out is not None else None
+    skip = 0
+    if resume and ckpt is not None and ckpt.exists():
+        trainer.load(ckpt)
+        skip = trainer.step_count
+    paths = shard_for_rank(dataset.paths("train"), rank, world_size)
+    logs: dict[str, list[float]] = defaultdict(list)
+    history_rows = []
+    t0 = time.perf_counter()
+    bar = tqdm(desc="drl-rec", unit="inst", unit_scale=True, disable=not progress or rank != 0)
+    seen = 0
+    for i, (_epoch, batch) in enumerate(iter_training_batches(trainer, paths, cfg.epochs)):
+        if i < skip:  # resume: replay the stream (and its RNG draws) up to the checkpoint
+            continue
+        if cfg.max_instances and trainer.instances >= cfg.max_instances:
+            break
+        m = trainer.step(batch)
+        seen += int(batch.reward.shape[0])
+        for k, v in m.items():
+            logs[k].append(v)
+        bar.update(int(batch.reward.shape[0]))
+        if trainer.step_count % cfg.log_every == 0:
+            row = {k: float(np.mean(v[-cfg.log_every :])) for k, v in logs.items()}
+            row["step"] = trainer.step_count
+            row["charts/sps"] = seen / max(time.perf_counter() - t0, 1e-9)
+            history_rows.append(row)
+            bar.set_postfix(td_s=f"{row['losses/td_student']:.3f}", kl=f"{row['losses/kl']:.3f}")
+        if ckpt is not None and rank == 0 and trainer.step_count % checkpoint_every == 0:
+            trainer.save(ckpt)
+    bar.close()
+    sec = time.perf_counter() - t0
+    if ckpt is not None and rank == 0:
+        trainer.save(ckpt)
+    summary = {
+        "steps": trainer.step_count,
+        "instances": trainer.instances,
+        "seconds": round(sec, 2),
+        "instances_per_s": round(seen / max(sec, 1e-9), 1),
+        "history": history_rows,
+        "config": dataclasses.asdict(cfg),
+    }
+    if out is not None and rank == 0:
+        (out / "train.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+@torch.no_grad()
+def impression_q(net: QNetwork, req: Requests, memory: int, batch: int = 4096) -> np.ndarray:
+    """``Q(s_t, a_t)`` of every logged impression of ``req`` (state from the logged history)."""
+    net.eval()
+    dev = next(net.parameters()).device
+    out = np.empty(req.n_impressions, dtype=np.float32)
+    n_uc = req.user_ctx.shape[1]
+    for lo in range(0, req.n_impressions, batch):
+        g = np.arange(lo, min(lo + batch, req.n_impressions))
+        hist, mask = history(req, g, memory)
+        q, _ = net.score(
+            net.encode_history(torch.from_numpy(hist).to(dev)),
+            torch.from_numpy(mask).to(dev),
+            torch.from_numpy(req.user_ctx[req.imp_req[g]]).to(dev),
+            torch.from_numpy(req.imp_ids[g, n_uc:][:, None]).to(dev),
+        )
+        out[lo : lo + len(g)] = q[:, 0].float().cpu().numpy()
+    return out
