@@ -306,7 +306,13 @@ class QHead(nn.Module):
         self.out = nn.Linear(widths[-1], 1)
 
     def forward(self, s: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = F.relu(self.state_in(s).unsqueeze(1) + self.item_in(x))
+        return self.from_item_part(s, self.item_in(x))
+
+    def from_item_part(
+        self, s: torch.Tensor, item_part: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head given ``W_x x`` ``(B, C, widths[0])`` computed elsewhere."""
+        h = F.relu(self.state_in(s).unsqueeze(1) + item_part)
         for layer in self.hidden:
             h = F.relu(layer(h))
         return self.out(h).squeeze(-1), h
@@ -355,8 +361,39 @@ class QNetwork(nn.Module):
     def q_from_state(
         self, s: torch.Tensor, cand_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(q (B, C), hint (B, C, mlp[-1]))`` for a precomputed state ``s (B, H)``."""
+        """``(q (B, C), hint (B, C, mlp[-1]))`` for a precomputed state ``s (B, H)``.
+
+        With more candidates in the call than rows in the candidate fields' embedding tables
+        (training: exploration inputs of 1000 per state), the first layer's item part
+        ``W_x Flatten(E(ids)) = sum_f W_x^(f) E_f(id_f)`` is computed from per-field projected
+        tables ``E_f W_x^(f)T`` and an ``embedding_bag`` sum: the same value (up to float
+        rounding) at a fraction of the cost. Small calls (serving) take the direct path.
+        """
+        b, c, _ = cand_ids.shape
+        if b * c > self._cand_rows:
+            return self.head.from_item_part(s, self._projected_item_part(cand_ids))
         return self.head(s, self.embed_candidates(cand_ids))
+
+    @property
+    def _cand_rows(self) -> int:
+        return sum(self.cfg.sizes[self.cfg.n_user_ctx :])
+
+    def _projected_item_part(self, cand_ids: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        emb = self.state_encoder.embedding
+        n_uc, d = cfg.n_user_ctx, cfg.d_r
+        lo = int(sum(cfg.sizes[:n_uc]))
+        w = self.head.item_in.weight  # (w0, n_cand * d)
+        w0 = w.shape[0]
+        parts, start = [], lo
+        for f, size in enumerate(cfg.sizes[n_uc:]):
+            rows = emb.table.weight[start : start + size]  # (size, d)
+            parts.append(rows @ w[:, f * d : (f + 1) * d].T)  # (size, w0)
+            start += size
+        table = torch.cat(parts)  # (rows of the candidate fields, w0)
+        idx = cand_ids + (emb.offsets[n_uc:] - lo)
+        b, c, n = cand_ids.shape
+        return F.embedding_bag(idx.reshape(b * c, n), table, mode="sum").view(b, c, w0)
 
     def score(
         self,

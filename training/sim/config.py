@@ -118,6 +118,14 @@ class WorldConfig:
             ("satisfaction_decay", 0 <= self.satisfaction_decay < 1, "must be in [0, 1)"),
             ("drift_reversion", 0 <= self.drift_reversion <= 1, "must be in [0, 1]"),
         ]
+        for f in fields(self):
+            v, default = getattr(self, f.name), f.default
+            if isinstance(default, bool) and not isinstance(v, bool):
+                raise ConfigError(f"world config {f.name}={v!r}: expected true or false")
+            if type(default) is int and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ConfigError(f"world config {f.name}={v!r}: expected an integer")
+            if type(default) is float and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ConfigError(f"world config {f.name}={v!r}: expected a number")
         for key, ok, why in checks:
             if not ok:
                 raise ConfigError(f"world config {key}={getattr(self, key)!r}: {why}")
@@ -188,6 +196,8 @@ def _apply(cfg: WorldConfig, overrides: dict[str, Any]) -> WorldConfig:
                     f"world config: unknown mechanism {name!r} (known: {sorted(mech_names)})"
                 )
             mech[name] = _coerce(key, raw, True)
+            if not isinstance(mech[name], bool):
+                raise ConfigError(f"world config {key}={raw!r}: expected true or false")
         elif key in names and key != "mechanisms":
             top[key] = _coerce(key, raw, getattr(cfg, key))
         else:

@@ -17,7 +17,7 @@ import pyarrow as pa
 from contract.schema import FEEDBACK_BINARY, LOG_SCHEMA
 from training.data.pipeline import DatasetBuilder
 from training.sim.config import WorldConfig
-from training.sim.env import Env, Feedback, Observation
+from training.sim.env import REQUEST_GAP_MS, Env, Feedback, Observation
 from training.sim.logging_policy import LoggingPolicy
 from training.sim.world import build_world
 
@@ -91,11 +91,11 @@ def simulate_day(env: Env, policy: LoggingPolicy, day: int, k: int) -> tuple[pa.
     if not tables:
         return LOG_SCHEMA.empty_table(), 0
     day_table = pa.concat_tables(tables)
-    # Within one step rows are already (request, position)-ordered; a stable sort by
-    # session then request index groups each session's requests in order.
-    idx = np.lexsort(
-        (day_table.column("request_index").to_numpy(), day_table.column("session_id").to_numpy())
-    )
+    # Within one step rows are already (request, position)-ordered; a stable sort by session
+    # start time, session and request index puts sessions in time order, each one whole.
+    req_index = day_table.column("request_index").to_numpy()
+    start = day_table.column("timestamp").to_numpy() - req_index.astype(np.int64) * REQUEST_GAP_MS
+    idx = np.lexsort((req_index, day_table.column("session_id").to_numpy(), start))
     return day_table.take(pa.array(idx)), n_imp
 
 

@@ -56,7 +56,9 @@ def sample_slate(
     b, c = logits.shape
     if k > c:
         raise ValueError(f"cannot fill {k} slots from {c} candidates")
-    z = logits - logits.max(axis=1, keepdims=True)
+    # float64 from here: the logged propensities are exact to double precision.
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
     weights = np.exp(z)
     norm = weights.sum(axis=1)
     keys = z + gumbels

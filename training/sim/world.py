@@ -184,10 +184,9 @@ def build_world(cfg: WorldConfig) -> World:
     )
     quality = rng.normal(0.0, 1.0, size=n)
     pop = rng.normal(0.0, cfg.popularity_sd, size=n)
-    if mech.clickbait:
-        clickbait = (rng.random(n) < cfg.clickbait_fraction).astype(np.float64)
-    else:
-        clickbait = np.zeros(n)
+    # Drawn whether or not the mechanism is on, so switching it off changes nothing else.
+    clickbait = (rng.random(n) < cfg.clickbait_fraction).astype(np.float64)
+    clickbait *= float(mech.clickbait)
 
     # ---- population ----
     n_seg_a, n_seg_b = 7, 50
