@@ -68,6 +68,44 @@ def _cmd_kuairand(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_drl_train(args: argparse.Namespace) -> int:
+    from training.drl.train import DRLConfig, run
+    from training.sim.config import parse_overrides
+
+    cfg = DRLConfig()
+    fields = {f.name: f for f in __import__("dataclasses").fields(DRLConfig)}
+    kw = {}
+    for key, raw in parse_overrides(args.set or []).items():
+        if key not in fields:
+            raise ConfigError(f"drl config: unknown key {key!r} (known: {sorted(fields)})")
+        cur = getattr(cfg, key)
+        try:
+            if isinstance(cur, bool):
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                kw[key] = raw.lower() in ("true", "1")
+            elif isinstance(cur, tuple):
+                kw[key] = tuple(type(cur[0])(x) for x in raw.split(","))
+            else:
+                kw[key] = type(cur)(raw)
+        except ValueError:
+            raise ConfigError(f"drl config {key}={raw!r}: expected {type(cur).__name__}") from None
+    cfg = cfg.with_overrides(**kw)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    s = run(args.data, args.out, cfg, device=args.device, resume=args.resume,
+            progress=not args.no_progress)  # fmt: skip
+    if s.get("rank", 0) == 0:
+        msg = f"trained {s['instances']:,} instances in {s['seconds']} s ({s['instances_per_s']}/s)"
+        if "eval" in s:
+            e = s["eval"]
+            msg += f"; test AUC teacher {e['auc_teacher']:.4f}, student {e['auc_student']:.4f}"
+        print(msg)
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     total = 0
     for p in args.paths:
@@ -90,6 +128,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "split_shards": {k: len(v) for k, v in m["split"].items()},
     }
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from training.eval.report import run_report
+
+    run_report(
+        args.preset,
+        args.seeds,
+        args.out,
+        runs_dir=args.runs,
+        data_root=args.data,
+        world_overrides=parse_overrides(args.set or []),
+        budget_overrides=parse_overrides(args.budget or []),
+        progress=not args.no_progress,
+    )
     return 0
 
 
@@ -131,6 +185,23 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--no-progress", action="store_true")
     _COMMANDS["kuairand"] = _cmd_kuairand
 
+    d = sub.add_parser("drl-train", help="train the DRL-Rec teacher and student (torchrun-ready)")
+    d.add_argument("--data", required=True, help="dataset folder")
+    d.add_argument("--out", required=True, help="run folder (checkpoint.pt, train.json)")
+    d.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a DRLConfig field, e.g. n_explore=100 or use_kl=false",
+    )
+    d.add_argument("--device", default="cpu")
+    d.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)"
+    )
+    d.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")
+    d.add_argument("--no-progress", action="store_true")
+    _COMMANDS["drl-train"] = _cmd_drl_train
+
     v = sub.add_parser("validate", help="check log shards (or a dataset folder) against the schema")
     v.add_argument("paths", nargs="+")
     _COMMANDS["validate"] = _cmd_validate
@@ -138,6 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="summarise a dataset folder")
     i.add_argument("path")
     _COMMANDS["info"] = _cmd_info
+
+    r = sub.add_parser("report", help="baselines: offline + online evaluation, Markdown report")
+    r.add_argument("--preset", default="tiny", help="tiny | default (default: tiny)")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--out", required=True, help="report folder (report.md, PNGs, summary.json)")
+    r.add_argument("--runs", default=None, help="run folder (default: runs/<out name>-<preset>)")
+    r.add_argument("--data", default="data", help="folder of the simulated datasets")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="world config override")
+    r.add_argument(
+        "--budget",
+        action="append",
+        metavar="KEY=VALUE",
+        help="EvalConfig override, e.g. models=fm,deepfm",
+    )
+    r.add_argument("--no-progress", action="store_true")
+    _COMMANDS["report"] = _cmd_report
     return p
 
 

@@ -28,9 +28,10 @@ from training.data.features import Requests, SideTables, candidate_ids, catalogu
 class Batch:
     """Tensors of one training batch (B real instances)."""
 
-    hist_ids: torch.Tensor  # (B, m, n) the last m impressions before the instance
+    enc_ids: torch.Tensor  # (U, n) the distinct impressions the batch reads, encoded once
+    hist_index: torch.Tensor  # (B, m) rows of enc_ids: the m impressions before the instance
     hist_mask: torch.Tensor  # (B, m) bool
-    cur_ids: torch.Tensor  # (B, n) the instance's own impression
+    cur_index: torch.Tensor  # (B,) row of enc_ids of the instance's own impression
     user_ctx: torch.Tensor  # (B, 10)
     action: torch.Tensor  # (B, 12) item + list ids of the shown item
     reward: torch.Tensor  # (B,) float
@@ -54,10 +55,28 @@ class Batch:
 
 def history(req: Requests, g: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     """``(B, m, n)`` ids and ``(B, m)`` mask of the ``m`` impressions before each ``g``."""
+    idx, mask = history_index(req, g, m)
+    return np.where(mask[..., None], req.imp_ids[idx], 0), mask
+
+
+def history_index(req: Requests, g: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, m)`` flat impression indices (oldest first) and mask of the window before ``g``."""
     idx = g[:, None] - m + np.arange(m)[None, :]
     mask = idx >= req.imp_sess_start[g][:, None]
-    ids = req.imp_ids[np.clip(idx, 0, None)]
-    return np.where(mask[..., None], ids, 0), mask
+    return np.where(mask, idx, g[:, None]), mask
+
+
+def request_order(req: Requests, rng: np.random.Generator) -> np.ndarray:
+    """All impressions, requests in random order, each request's slots kept together.
+
+    Batches cut from this order hold whole requests, whose history windows overlap: each
+    distinct impression is encoded once per batch instead of once per window.
+    """
+    perm = rng.permutation(req.n_requests)
+    lens = req.n_shown[perm]
+    starts = req.imp_start[perm]
+    offset = np.repeat(starts - (np.cumsum(lens) - lens), lens)
+    return offset + np.arange(int(lens.sum()))
 
 
 def make_batch(
@@ -74,7 +93,9 @@ def make_batch(
     g = np.asarray(g, dtype=np.int64)
     r = req.imp_req[g]
     t = req.imp_slot[g]
-    hist, hmask = history(req, g, memory)
+    hidx, hmask = history_index(req, g, memory)
+    uniq, inv = np.unique(np.concatenate([hidx, g[:, None]], axis=1), return_inverse=True)
+    inv = inv.reshape(len(g), memory + 1)
     same = t + 1 < req.n_shown[r]
     nxt = req.next_req[r]
     done = ~same & (nxt < 0)
@@ -100,9 +121,10 @@ def make_batch(
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64))
 
     return Batch(
-        hist_ids=lt(hist),
+        enc_ids=lt(req.imp_ids[uniq]),
+        hist_index=lt(inv[:, :memory]),
         hist_mask=torch.from_numpy(hmask),
-        cur_ids=lt(req.imp_ids[g]),
+        cur_index=lt(inv[:, memory]),
         user_ctx=lt(req.user_ctx[r]),
         action=lt(req.imp_ids[g, req.user_ctx.shape[1] :]),
         reward=torch.from_numpy(rew.astype(np.float32)),

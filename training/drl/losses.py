@@ -203,11 +203,11 @@ class DistillLosses:
     def metrics(self) -> dict[str, float]:
         """Floats under the grouped names ``losses/...`` for logging."""
         return {
-            "losses/td_teacher": float(self.td_teacher),
-            "losses/td_student": float(self.td_student),
-            "losses/kl": float(self.kl),
-            "losses/hint": float(self.hint),
-            "losses/total": float(self.total),
+            "losses/td_teacher": float(self.td_teacher.detach()),
+            "losses/td_student": float(self.td_student.detach()),
+            "losses/kl": float(self.kl.detach()),
+            "losses/hint": float(self.hint.detach()),
+            "losses/total": float(self.total.detach()),
         }
 
 

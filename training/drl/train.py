@@ -29,6 +29,7 @@ Differences from the authors' simplified code (github modriczhang/DRL-Rec) are i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -47,7 +48,7 @@ from torch import nn
 from contract.features import DEFAULT_SPEC
 from training.data.features import Requests, SideTables, build_requests
 from training.data.pipeline import Dataset, iter_session_batches, shard_for_rank
-from training.drl.batches import Batch, history, make_batch
+from training.drl.batches import Batch, history, make_batch, request_order
 from training.drl.losses import (
     DistillLosses,
     combine,
@@ -153,11 +154,11 @@ class DRLRec(nn.Module):
         self, b: Batch, teacher_target: QNetwork, student_target: QNetwork
     ) -> tuple[DistillLosses, dict[str, float]]:
         cfg = self.cfg
-        enc_t = self.teacher.encode_history(b.hist_ids)
-        s_t = self.teacher.state(enc_t, b.hist_mask, b.user_ctx)
+        enc_t = self.teacher.encode(b.enc_ids)  # (U, E): each distinct impression once
+        s_t = self.teacher.state(enc_t[b.hist_index], b.hist_mask, b.user_ctx)
         q_t, h_t = self.teacher.q_from_state(s_t, b.action[:, None])
-        enc_s = self.student.encode_history(b.hist_ids)
-        s_s = self.student.state(enc_s, b.hist_mask, b.user_ctx)
+        enc_s = self.student.encode(b.enc_ids)
+        s_s = self.student.state(enc_s[b.hist_index], b.hist_mask, b.user_ctx)
         q_s, h_s = self.student.q_from_state(s_s, b.action[:, None])
 
         y_t = self._target(self.teacher, teacher_target, b, enc_t)
@@ -213,10 +214,11 @@ class DRLRec(nn.Module):
         if self.cfg.gamma == 0:
             return b.reward
         with torch.no_grad():
-            buf, mask = push(enc_hist.detach(), b.hist_mask, net.encode(b.cur_ids))
+            enc = enc_hist.detach()
+            buf, mask = push(enc[b.hist_index], b.hist_mask, enc[b.cur_index])
             q_on, _ = net.q_from_state(net.state(buf, mask, b.next_user_ctx), b.next_cand)
-            enc_tg = target.encode_history(b.hist_ids)
-            buf_t, mask_t = push(enc_tg, b.hist_mask, target.encode(b.cur_ids))
+            enc_tg = target.encode(b.enc_ids)
+            buf_t, mask_t = push(enc_tg[b.hist_index], b.hist_mask, enc_tg[b.cur_index])
             s_tg = target.state(buf_t, mask_t, b.next_user_ctx)
             q_tg, _ = target.q_from_state(s_tg, b.next_cand)
         return double_dqn_target(b.reward, b.done, self.cfg.gamma, q_on, q_tg, b.next_mask)
@@ -337,9 +339,33 @@ def iter_training_batches(
     for epoch in range(epochs):
         for table in iter_session_batches(paths, sessions_per_batch=cfg.sessions_per_chunk):
             req = build_requests(table, trainer.side)
-            order = trainer.rng.permutation(req.n_impressions)
+            order = request_order(req, trainer.rng)
             for lo in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
                 yield epoch, trainer.batch(req, order[lo : lo + cfg.batch_size])
+
+
+def _loop(trainer, paths, skip, logs, history_rows, bar, ckpt, checkpoint_every, rank, t0):
+    cfg = trainer.cfg
+    seen = 0
+    for i, (_epoch, batch) in enumerate(iter_training_batches(trainer, paths, cfg.epochs)):
+        if i < skip:  # resume: replay the stream (and its RNG draws) up to the checkpoint
+            continue
+        if cfg.max_instances and trainer.instances >= cfg.max_instances:
+            break
+        m = trainer.step(batch)
+        seen += int(batch.reward.shape[0])
+        for k, v in m.items():
+            logs[k].append(v)
+        bar.update(int(batch.reward.shape[0]))
+        if trainer.step_count % cfg.log_every == 0:
+            row = {k: float(np.mean(v[-cfg.log_every :])) for k, v in logs.items()}
+            row["step"] = trainer.step_count
+            row["charts/sps"] = seen / max(time.perf_counter() - t0, 1e-9)
+            history_rows.append(row)
+            bar.set_postfix(td_s=f"{row['losses/td_student']:.3f}", kl=f"{row['losses/kl']:.3f}")
+        if ckpt is not None and rank == 0 and trainer.step_count % checkpoint_every == 0:
+            trainer.save(ckpt)
+    return seen
 
 
 def train(
@@ -368,25 +394,13 @@ def train(
     t0 = time.perf_counter()
     bar = tqdm(desc="drl-rec", unit="inst", unit_scale=True, disable=not progress or rank != 0)
     seen = 0
-    for i, (_epoch, batch) in enumerate(iter_training_batches(trainer, paths, cfg.epochs)):
-        if i < skip:  # resume: replay the stream (and its RNG draws) up to the checkpoint
-            continue
-        if cfg.max_instances and trainer.instances >= cfg.max_instances:
-            break
-        m = trainer.step(batch)
-        seen += int(batch.reward.shape[0])
-        for k, v in m.items():
-            logs[k].append(v)
-        bar.update(int(batch.reward.shape[0]))
-        if trainer.step_count % cfg.log_every == 0:
-            row = {k: float(np.mean(v[-cfg.log_every :])) for k, v in logs.items()}
-            row["step"] = trainer.step_count
-            row["charts/sps"] = seen / max(time.perf_counter() - t0, 1e-9)
-            history_rows.append(row)
-            bar.set_postfix(td_s=f"{row['losses/td_student']:.3f}", kl=f"{row['losses/kl']:.3f}")
-        if ckpt is not None and rank == 0 and trainer.step_count % checkpoint_every == 0:
-            trainer.save(ckpt)
+    # Under DDP, join() lets ranks whose shards run out early keep the collectives matched.
+    join = trainer.ddp.join() if trainer.ddp is not None else contextlib.nullcontext()
+    with join:
+        seen = _loop(trainer, paths, skip, logs, history_rows, bar, ckpt, checkpoint_every,
+                     rank, t0)  # fmt: skip
     bar.close()
+
     sec = time.perf_counter() - t0
     if ckpt is not None and rank == 0:
         trainer.save(ckpt)
@@ -421,3 +435,56 @@ def impression_q(net: QNetwork, req: Requests, memory: int, batch: int = 4096) -
         )
         out[lo : lo + len(g)] = q[:, 0].float().cpu().numpy()
     return out
+
+
+def evaluate(trainer: DRLTrainer, dataset: Dataset, split: str = "test") -> dict[str, float]:
+    """Click AUC of the teacher's and the student's ``Q(s_t, a_t)`` on a split's impressions."""
+    from training.eval.metrics import auc
+
+    req = build_requests(dataset.read(split), trainer.side)
+    y = req.label("click")
+    out = {"impressions": float(req.n_impressions)}
+    for name, net in (("teacher", trainer.model.teacher), ("student", trainer.model.student)):
+        out[f"auc_{name}"] = auc(y, impression_q(net, req, trainer.cfg.memory))
+    return out
+
+
+def run(
+    data: str | Path,
+    out: str | Path,
+    cfg: DRLConfig,
+    *,
+    device: str = "cpu",
+    resume: bool = False,
+    progress: bool = True,
+    eval_split: str | None = "test",
+) -> dict[str, Any]:
+    """Train (single process, or one rank under torchrun) and evaluate; writes ``out/``."""
+    import torch.distributed as dist
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = Dataset.open(data)
+    side = SideTables.from_tables(ds.users(), ds.items())
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world_size > 1:
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend)
+        if device.startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    trainer = DRLTrainer(cfg, side, device=device)
+    if world_size > 1:
+        trainer.wrap_ddp()
+    summary = train(
+        trainer, ds, out=out, resume=resume, progress=progress, rank=rank, world_size=world_size
+    )
+    if eval_split and rank == 0:
+        summary["eval"] = evaluate(trainer, ds, eval_split)
+        summary["eval_split"] = eval_split
+        (out / "train.json").write_text(json.dumps(summary, indent=2))
+    if world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    summary["rank"] = rank
+    return summary

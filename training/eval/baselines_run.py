@@ -1,0 +1,1114 @@
+"""One seed of the baselines evaluation: data, point-wise models, offline metrics, NCIS, online.
+
+:func:`run_seed` does, for one world seed, in a run folder it can resume from:
+
+1. **data**: generate the world's logged dataset with :func:`training.sim.generate.
+   generate_dataset` (or reuse the folder when its world config is the same); read a sample
+   of each split into impression arrays (field ids of :func:`training.data.features.
+   build_requests`, feedback, user). Train is subsampled by *session* to
+   ``train_impressions``; valid and test by *user* (so per-user metrics see whole users).
+2. **models**: every point-wise model of DRL-Rec Table 2 (FM, Wide&Deep, NFM, AFM, DeepFM,
+   AutoInt, AFN) on ``(imp_ids, click)``; MMRF's ``wide_deep_weighted`` and
+   ``deepfm_weighted`` on the same rows with sample weights :func:`mmrf_weights`; and ``bc``,
+   a DeepFM imitating the logging policy (behaviour cloning, :func:`bc_rows`). Each is trained
+   with :func:`training.baselines.pointwise.train_pointwise` one epoch at a time, keeping the
+   epoch with the best loss of its own objective on the *valid* sample (early stopping; the
+   test split is never used for a choice). Its state_dict and a JSON of its metrics are saved;
+   a rerun loads them instead of training.
+3. **offline**: test-sample AUC (click), GAUC (click, per user), AUC of like and long_view
+   from the same scores. RelaImpr against FM is formed when seeds are aggregated.
+4. **NCIS temperature**: for FM and DeepFM as *stochastic* policies (slot-by-slot softmax of
+   ``score / T``), the temperature ``T`` is the grid value that maximises the effective sample
+   size of the (uncapped) slate importance weights on a *valid* sample, and the cap ``c`` is
+   the ``cap_quantile`` quantile of that ``T``'s ratios on valid (:func:`choose_temperature`).
+5. **online**: :func:`training.eval.online.run_online` on the test days with fresh sessions
+   (``seed_offset``), a fixed random population of ``online_users`` users, arms ``random``,
+   ``logging``, ``oracle`` (click oracle), every model as a greedy policy
+   (:class:`ShortlistPolicy`), and ``fm@T`` / ``deepfm@T`` (the stochastic policies above).
+6. **NCIS**: on the test split's logged slates, NCIS of the logging policy (target =
+   behaviour: the mean logged clicks per request) and of ``fm@T`` / ``deepfm@T``, each with a
+   user-cluster bootstrap interval, against the same policy's online clicks per request.
+
+Slate probabilities (METHODS.md asks to document them): the logging policy is a sequential
+sampler, so its slate probability is exactly the product of the logged per-slot propensities.
+The stochastic point-wise policies are sequential samplers too: at slot ``t`` the probability
+of the logged item is ``softmax(score / T)`` over the candidates not in the logged slots
+``< t``, with the list features computed from the logged prefix; the slate probability is the
+product over slots (:func:`slate_log_prob_from_scores`, equal to
+:func:`training.eval.policies.slate_log_prob_pointwise`). Ratios are formed in log space.
+
+Units: NCIS here estimates expected clicks per *request* (one logged slate), and the online
+value it is compared with is clicks per request of the online run (total clicks / total
+requests of the arm), with a user-cluster bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from contract.features import DEFAULT_SPEC
+from contract.schema import FEEDBACK
+from training.baselines.pointwise import predict, seeded_build_model, train_pointwise
+from training.data.features import Requests, SideTables, build_requests, candidate_ids
+from training.data.pipeline import Dataset, code_version
+from training.eval.metrics import auc, bootstrap_ci, gauc, ncis
+from training.eval.online import OnlineResult, OraclePolicy, RandomPolicy, run_online
+from training.eval.policies import OnlineFeatures, PointwisePolicy, RequestInputs
+from training.sim.config import ConfigError, WorldConfig, preset
+from training.sim.env import Env, Observation
+from training.sim.logging_policy import LoggingPolicy
+from training.sim.rng import uniform
+from training.sim.world import build_world
+
+__all__ = [
+    "ALL_MODELS",
+    "EVAL_PRESETS",
+    "MMRF_WEIGHTS",
+    "WATCH_NORM_S",
+    "EvalConfig",
+    "ShortlistPolicy",
+    "bc_rows",
+    "choose_temperature",
+    "eval_preset",
+    "logged_slot_scores",
+    "mmrf_weights",
+    "ncis_estimate",
+    "online_clicks_per_request",
+    "run_seed",
+    "slate_log_prob_from_scores",
+    "world_config",
+]
+
+#: Trained baselines: name -> (architecture in MODELS, training data / label).
+ALL_MODELS: dict[str, tuple[str, str]] = {
+    "fm": ("fm", "click"),
+    "wide_deep": ("wide_deep", "click"),
+    "nfm": ("nfm", "click"),
+    "afm": ("afm", "click"),
+    "deepfm": ("deepfm", "click"),
+    "autoint": ("autoint", "click"),
+    "afn": ("afn", "click"),
+    "wide_deep_weighted": ("wide_deep", "weighted"),
+    "deepfm_weighted": ("deepfm", "weighted"),
+    "bc": ("deepfm", "bc"),
+}
+
+#: MMRF-style sample weights: ``w = max(0, 1 + sum_a MMRF_WEIGHTS[a] * x_a)`` with
+#: ``x_watch_time = min(watch_time / WATCH_NORM_S, 1)`` and ``hate`` entering negatively.
+#: The rarer and stronger the signal, the larger its weight (follow > comment > like); a long
+#: view and the watched share of a minute add up to one unit; a hate takes half a unit away.
+MMRF_WEIGHTS: dict[str, float] = {
+    "like": 1.0,
+    "follow": 2.0,
+    "comment": 1.5,
+    "long_view": 0.5,
+    "watch_time": 0.5,
+    "hate": -0.5,
+}
+#: Watch seconds that count as a full unit in :func:`mmrf_weights`.
+WATCH_NORM_S = 60.0
+
+# Streams of the harness's own hashed draws (far from the world's, see training.sim.rng).
+_S_TRAIN, _S_VALID, _S_TEST, _S_NCIS_VALID, _S_NCIS_TEST = 7001, 7002, 7003, 7004, 7005
+_SPLIT_STREAM = {"train": _S_TRAIN, "valid": _S_VALID, "test": _S_TEST}
+ARTIFACT_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Budgets and choices of the baselines evaluation (one value per preset, overridable)."""
+
+    world_preset: str = "default"
+    """World preset of :mod:`training.sim.config` (overrides go in ``world_overrides``)."""
+    world_overrides: tuple[tuple[str, str], ...] = ()
+    """``key=value`` overrides of the world config (as pairs)."""
+    models: tuple[str, ...] = tuple(ALL_MODELS)
+    """Models to train (names of :data:`ALL_MODELS`); ``fm`` is RelaImpr's base."""
+    train_impressions: int = 400_000
+    """Train sample size in impressions (sessions drawn at random); 0 = the whole split."""
+    valid_impressions: int = 100_000
+    """Valid sample (users drawn at random) for early stopping; 0 = the whole split."""
+    test_impressions: int = 150_000
+    """Test sample (users drawn at random) for the offline metrics; 0 = the whole split."""
+    max_epochs: int = 2
+    """Epochs at most; the epoch with the best valid loss is kept (stop at the first worse)."""
+    batch_size: int = 1024
+    lr: float = 2e-3
+    embed_dim: int = 16
+    bc_negatives: int = 10
+    """Non-impressed candidates sampled per logged request as BC negatives."""
+    online_users: int = 500
+    """Online population: users drawn at random (0 = all users)."""
+    online_seed_offset: int = 1
+    """Seed offset of the online env: fresh sessions on the test days (not the logged ones)."""
+    shortlist: int = 30
+    """Greedy policies rank the top ``shortlist`` candidates by slot-0 score (0 = all)."""
+    ncis_models: tuple[str, ...] = ("fm", "deepfm")
+    """Models run as stochastic (softmax) policies for the NCIS bias check."""
+    ncis_requests: int = 2000
+    """Logged requests (users drawn at random) scored for NCIS, on valid and on test."""
+    temperatures: tuple[float, ...] = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+    """Temperature grid; the one with the largest valid ESS is used."""
+    cap_quantile: float = 0.99
+    """NCIS cap: this quantile of the importance ratios on valid (at the chosen T)."""
+    n_boot: int = 200
+    threads: int = 1
+    """torch threads (not part of the fingerprint)."""
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.models if m not in ALL_MODELS]
+        if unknown:
+            raise ConfigError(f"eval config models: unknown {unknown} (known: {list(ALL_MODELS)})")
+        if "fm" not in self.models:
+            raise ConfigError("eval config models: must include 'fm' (RelaImpr's base)")
+        missing = [m for m in self.ncis_models if m not in self.models]
+        if missing:
+            raise ConfigError(f"eval config ncis_models: {missing} are not in models")
+        for key in ("train_impressions", "valid_impressions", "test_impressions",
+                    "online_users", "shortlist", "ncis_requests", "bc_negatives"):  # fmt: skip
+            if getattr(self, key) < 0:
+                raise ConfigError(f"eval config {key}={getattr(self, key)}: must be >= 0")
+        for key in ("max_epochs", "batch_size", "embed_dim", "n_boot", "threads"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"eval config {key}={getattr(self, key)}: must be >= 1")
+        if not 0 < self.cap_quantile <= 1:
+            raise ConfigError(f"eval config cap_quantile={self.cap_quantile}: must be in (0, 1]")
+        if not self.temperatures or min(self.temperatures) <= 0:
+            raise ConfigError(f"eval config temperatures={self.temperatures}: must be > 0")
+        if self.lr <= 0:
+            raise ConfigError(f"eval config lr={self.lr}: must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["world_overrides"] = dict(self.world_overrides)
+        return d
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the results depend on (everything but ``threads``)."""
+        d = self.to_dict()
+        d.pop("threads")
+        return d
+
+    def with_overrides(self, overrides: Mapping[str, str]) -> EvalConfig:
+        """A copy with ``key=value`` strings applied (lists comma-separated)."""
+        known = {f.name: f for f in fields(self)}
+        out: dict[str, Any] = {}
+        for key, raw in overrides.items():
+            if key not in known or key == "world_overrides":
+                raise ConfigError(f"eval config: unknown key {key!r} (known: {sorted(known)})")
+            cur = getattr(self, key)
+            try:
+                if isinstance(cur, tuple):
+                    items = [s.strip() for s in str(raw).split(",") if s.strip()]
+                    conv = float if key == "temperatures" else str
+                    out[key] = tuple(conv(s) for s in items)
+                elif isinstance(cur, bool):
+                    out[key] = str(raw).lower() in ("1", "true", "yes", "on")
+                elif isinstance(cur, int):
+                    out[key] = int(raw)
+                elif isinstance(cur, float):
+                    out[key] = float(raw)
+                else:
+                    out[key] = str(raw)
+            except ValueError:
+                raise ConfigError(
+                    f"eval config {key}={raw!r}: expected {type(cur).__name__}"
+                ) from None
+        return dataclasses.replace(self, **out)
+
+
+EVAL_PRESETS: dict[str, EvalConfig] = {
+    # Seconds: every model on the tiny world, small budgets.
+    "tiny": EvalConfig(
+        world_preset="tiny",
+        train_impressions=0,
+        valid_impressions=0,
+        test_impressions=0,
+        max_epochs=2,
+        batch_size=512,
+        lr=3e-3,
+        embed_dim=8,
+        bc_negatives=5,
+        online_users=100,
+        shortlist=0,
+        ncis_requests=400,
+        n_boot=100,
+    ),
+    # The benchmark world, budgets sized to about 20 minutes per seed on 2 shared CPU cores.
+    "default": EvalConfig(world_preset="default"),
+}
+
+
+def eval_preset(name: str) -> EvalConfig:
+    try:
+        return EVAL_PRESETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown report preset {name!r} (known: {sorted(EVAL_PRESETS)})"
+        ) from None
+
+
+def world_config(cfg: EvalConfig, seed: int) -> WorldConfig:
+    """The world of ``cfg`` with ``seed``."""
+    wc = preset(cfg.world_preset).with_overrides(dict(cfg.world_overrides))
+    return wc.with_overrides({"seed": int(seed)})
+
+
+# --------------------------------------------------------------------------------------------
+# labels and rows
+# --------------------------------------------------------------------------------------------
+
+
+def mmrf_weights(feedback: Mapping[str, np.ndarray]) -> np.ndarray:
+    """MMRF-style sample weights of impressions from their feedback aspects.
+
+    ``w = max(0, 1 + 1.0 like + 2.0 follow + 1.5 comment + 0.5 long_view
+    + 0.5 min(watch_time / 60 s, 1) - 0.5 hate)`` (weights: :data:`MMRF_WEIGHTS`).
+
+    Args:
+        feedback: aspect -> ``(G,)`` values for ``like``, ``follow``, ``comment``,
+            ``long_view``, ``hate`` (0/1) and ``watch_time`` (seconds).
+    Returns:
+        ``(G,)`` float64 non-negative weights.
+    """
+    missing = [a for a in MMRF_WEIGHTS if a not in feedback]
+    if missing:
+        raise ValueError(f"feedback lacks aspects {missing}")
+    w = np.ones(np.asarray(feedback["like"]).shape, dtype=np.float64)
+    for name, coef in MMRF_WEIGHTS.items():
+        x = np.asarray(feedback[name], dtype=np.float64)
+        if name == "watch_time":
+            x = np.minimum(np.maximum(x, 0.0) / WATCH_NORM_S, 1.0)
+        w += coef * x
+    return np.maximum(w, 0.0)
+
+
+def _feedback_dict(fb: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: fb[:, j] for j, name in enumerate(FEEDBACK)}
+
+
+def bc_rows(
+    req: Requests, n_neg: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Behaviour-cloning rows of logged requests: impressed = 1, non-impressed = 0.
+
+    Positives: every impression with its own ids (slot and logged prefix). Negatives: per
+    request, ``n_neg`` non-impressed candidates drawn uniformly with replacement, each placed
+    at a uniformly drawn slot ``t`` of the shown list (list ids from the logged prefix before
+    ``t``), weighted ``(n_cand - n_shown) / n_neg`` so that the loss is that of *all* logged
+    candidates in expectation.
+
+    Returns ``(x (N, 22), y (N,), w (N,))``.
+    """
+    x_pos = req.imp_ids
+    ok = np.flatnonzero((req.n_cand > req.n_shown) & (req.n_shown > 0))
+    if n_neg == 0 or ok.size == 0:
+        n = x_pos.shape[0]
+        return x_pos, np.ones(n, np.float32), np.ones(n, np.float64)
+    r = np.repeat(ok, n_neg)
+    n_other = req.n_cand[r] - req.n_shown[r]
+    col = req.n_shown[r] + np.floor(rng.random(r.size) * n_other).astype(np.int64)
+    t = np.floor(rng.random(r.size) * req.n_shown[r]).astype(np.int64)
+    ids12 = candidate_ids(req, r, t, cols=col[:, None])[:, 0]
+    x_neg = np.concatenate([req.user_ctx[r], ids12], axis=1).astype(np.int64)
+    x = np.concatenate([x_pos, x_neg])
+    y = np.r_[np.ones(x_pos.shape[0]), np.zeros(x_neg.shape[0])].astype(np.float32)
+    w = np.r_[np.ones(x_pos.shape[0]), n_other / n_neg].astype(np.float64)
+    return x, y, w
+
+
+# --------------------------------------------------------------------------------------------
+# reading samples of a split
+# --------------------------------------------------------------------------------------------
+
+
+def _split_impressions(ds: Dataset, split: str) -> int:
+    files = set(ds.meta["split"][split])
+    return int(sum(s["impressions"] for s in ds.meta["shards"] if s["file"] in files))
+
+
+def split_days(ds: Dataset, split: str) -> list[int]:
+    files = set(ds.meta["split"][split])
+    return sorted({int(s["day"]) for s in ds.meta["shards"] if s["file"] in files})
+
+
+def _fraction(budget: int, total: int) -> float:
+    return 1.0 if budget <= 0 or total <= 0 else min(1.0, budget / total)
+
+
+def _read_sample(path: Path, key: str, fraction: float, seed: int, stream: int) -> pa.Table:
+    t = pq.read_table(path)
+    if fraction >= 1.0:
+        return t
+    keep = uniform(seed, stream, t.column(key).to_numpy()) < fraction
+    return t.filter(pa.array(keep))
+
+
+@dataclass
+class Sample:
+    """Impression arrays of a split sample (and BC rows when asked for)."""
+
+    x: np.ndarray  # (G, 22) int64
+    feedback: np.ndarray  # (G, 7) float32, FEEDBACK order
+    user: np.ndarray  # (G,)
+    bc_x: np.ndarray | None = None
+    bc_y: np.ndarray | None = None
+    bc_w: np.ndarray | None = None
+
+    @property
+    def click(self) -> np.ndarray:
+        return self.feedback[:, FEEDBACK.index("click")]
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+
+def read_sample(
+    ds: Dataset,
+    split: str,
+    side: SideTables,
+    budget: int,
+    seed: int,
+    key: str,
+    bc_negatives: int = 0,
+    list_size: int | None = None,
+) -> Sample:
+    """Impressions of a random share of ``split``'s sessions or users, shard by shard.
+
+    ``key`` is ``"session_id"`` or ``"user_id"``: which rows are kept together. The share is
+    ``budget / impressions of the split`` (all for ``budget = 0``), drawn by hashing the key
+    with ``seed``, so it is the same on every run.
+    """
+    frac = _fraction(budget, _split_impressions(ds, split))
+    rng = np.random.default_rng([seed, _SPLIT_STREAM[split]])
+    xs, fbs, us, bx, by, bw = [], [], [], [], [], []
+    for path in ds.paths(split):
+        t = _read_sample(path, key, frac, seed, _SPLIT_STREAM[split])
+        if t.num_rows == 0:
+            continue
+        req = build_requests(t, side, list_size)
+        xs.append(req.imp_ids)
+        fbs.append(req.feedback[req.imp_req, req.imp_slot])
+        us.append(req.user_id[req.imp_req])
+        if bc_negatives:
+            a, b, c = bc_rows(req, bc_negatives, rng)
+            bx.append(a)
+            by.append(b)
+            bw.append(c)
+        del req
+    if not xs:
+        raise ConfigError(f"{split} sample is empty (budget {budget})")
+    s = Sample(np.concatenate(xs), np.concatenate(fbs), np.concatenate(us))
+    if bc_negatives:
+        s.bc_x, s.bc_y, s.bc_w = np.concatenate(bx), np.concatenate(by), np.concatenate(bw)
+    return s
+
+
+def read_requests(
+    ds: Dataset, split: str, side: SideTables, n_requests: int, seed: int, stream: int,
+    list_size: int | None = None,
+) -> Requests:  # fmt: skip
+    """Whole logged requests (all candidates) of a random share of ``split``'s users."""
+    k = list_size or int(ds.meta.get("list_size", 10))
+    frac = _fraction(n_requests * k, _split_impressions(ds, split))
+    tables = [_read_sample(p, "user_id", frac, seed, stream) for p in ds.paths(split)]
+    return build_requests(pa.concat_tables(tables), side, list_size)
+
+
+def logged_slates(ds: Dataset, split: str) -> dict[str, np.ndarray]:
+    """Per logged request of ``split``: user, clicks, and the log-probability of its slate
+    under the logging policy (sum of log logged propensities)."""
+    cols = ["request_id", "user_id", "position", "propensity", "click"]
+    users, rewards, lps = [], [], []
+    for path in ds.paths(split):
+        t = pq.read_table(path, columns=cols)
+        t = t.filter(pc.greater_equal(t.column("position"), 0))
+        rid = t.column("request_id").to_numpy()
+        # Rows are grouped by request (sessions in order, slots in order).
+        start = np.flatnonzero(np.r_[True, rid[1:] != rid[:-1]])
+        click = t.column("click").to_numpy(zero_copy_only=False).astype(np.float64)
+        lp = np.log(t.column("propensity").to_numpy(zero_copy_only=False).astype(np.float64))
+        users.append(t.column("user_id").to_numpy()[start])
+        rewards.append(np.add.reduceat(click, start))
+        lps.append(np.add.reduceat(lp, start))
+    return {
+        "user": np.concatenate(users),
+        "reward": np.concatenate(rewards),
+        "log_prob": np.concatenate(lps),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# policies and slate probabilities
+# --------------------------------------------------------------------------------------------
+
+
+class Chunked(nn.Module):
+    """Evaluates a point-wise model in chunks of rows (bounded memory for big batches)."""
+
+    def __init__(self, model: nn.Module, chunk: int = 32768):
+        super().__init__()
+        self.model = model
+        self.chunk = chunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= self.chunk:
+            return self.model(x)
+        return torch.cat([self.model(c) for c in x.split(self.chunk)])
+
+
+class ShortlistPolicy(PointwisePolicy):
+    """Greedy :class:`PointwisePolicy` over a shortlist of the candidates.
+
+    Slot 0 scores every candidate; the ``shortlist`` best by that score are kept and the list
+    is then built greedily slot by slot among them, exactly as :class:`PointwisePolicy` does
+    over all candidates (list features from the items already placed). With ``shortlist`` 0
+    or at least the number of candidates it *is* the greedy :class:`PointwisePolicy`. The
+    shortlist cuts the model evaluations per request from ``K C`` to ``C + (K - 1) M``.
+    """
+
+    def __init__(self, model: nn.Module, side: SideTables, shortlist: int = 0):
+        super().__init__(model, side, temperature=0.0)
+        self.shortlist = int(shortlist)
+
+    def rank(self, obs: Observation, k: int) -> np.ndarray:
+        c = obs.candidates.shape[1]
+        m = self.shortlist
+        if m <= 0 or m >= c:
+            return super().rank(obs, k)
+        if m < k:
+            raise ValueError(f"shortlist {m} is shorter than the list ({k})")
+        x = self.features.request(obs)
+        b = obs.batch_size
+        rows = np.arange(b)
+        empty = np.zeros((b, 0), dtype=np.int64)
+        s0 = self._scores(obs, x, OnlineFeatures.cand_ids(x, 0, empty, empty))
+        top = np.argpartition(-s0, m - 1, axis=1)[:, :m]
+
+        def sub(a: np.ndarray) -> np.ndarray:
+            return np.take_along_axis(a, top if a.ndim == 2 else top[:, :, None], axis=1)
+
+        xs = RequestInputs(
+            user_ctx=x.user_ctx, cand_f=sub(x.cand_f), tags=sub(x.tags), authors=sub(x.authors),
+            recent=sub(x.recent), depth=x.depth, clicks=x.clicks,
+        )  # fmt: skip
+        placed = np.zeros((b, m), dtype=bool)
+        slate = np.empty((b, k), dtype=np.int64)
+        for t in range(k):
+            if t == 0:
+                scores = np.take_along_axis(s0, top, axis=1)
+            else:
+                cand12 = OnlineFeatures.cand_ids(
+                    xs, t, xs.tags[rows[:, None], slate[:, :t]],
+                    xs.authors[rows[:, None], slate[:, :t]],
+                )  # fmt: skip
+                scores = self._scores(obs, xs, cand12)
+            j = np.argmax(np.where(placed, -np.inf, scores), axis=1)
+            slate[:, t] = j
+            placed[rows, j] = True
+        return np.take_along_axis(top, slate, axis=1)
+
+
+def logged_slot_scores(policy: PointwisePolicy, req: Requests, batch: int = 256) -> np.ndarray:
+    """``(R, K, C)`` scores of every logged candidate at every shown slot (logged prefix).
+
+    Candidates already placed in slots ``< t`` and padding get ``-inf``; slots at or beyond a
+    request's ``n_shown`` are all ``-inf``.
+    """
+    k = req.list_size
+    c = req.cand_item.shape[1]
+    out = np.full((req.n_requests, k, c), -np.inf, dtype=np.float32)
+    cols = np.arange(c)[None, :]
+    for lo in range(0, req.n_requests, batch):
+        r = np.arange(lo, min(lo + batch, req.n_requests))
+        for t in range(k):
+            rr = r[req.n_shown[r] > t]
+            if rr.size == 0:
+                break
+            s = policy.logged_scores(req, rr, np.full(rr.size, t))
+            avail = req.cand_mask[rr] & (cols >= t)
+            out[rr, t] = np.where(avail, s, -np.inf)
+    return out
+
+
+def slate_log_prob_from_scores(scores: np.ndarray, req: Requests, temperature: float) -> np.ndarray:
+    """``(R,)`` log-probability of each logged slate under ``softmax(score / T)`` per slot.
+
+    The same quantity as :func:`training.eval.policies.slate_log_prob_pointwise`, from
+    precomputed :func:`logged_slot_scores` (so several temperatures cost one scoring).
+    """
+    k = scores.shape[1]
+    live = np.arange(k)[None, :] < req.n_shown[:, None]  # (R, K)
+    z = scores.astype(np.float64) / float(temperature)
+    z = np.where(live[:, :, None], z, 0.0)
+    m = z.max(axis=2, keepdims=True)
+    lse = m[:, :, 0] + np.log(np.exp(z - m).sum(axis=2))
+    chosen = z[:, np.arange(k), np.arange(k)]  # the logged item of slot t is column t
+    return np.where(live, chosen - lse, 0.0).sum(axis=1)
+
+
+def behaviour_log_prob(req: Requests) -> np.ndarray:
+    """``(R,)`` log-probability of each logged slate under the logging policy."""
+    return np.log(req.propensity).sum(axis=1)
+
+
+def _ess(log_w: np.ndarray) -> float:
+    w = np.exp(log_w - log_w.max())
+    return float(w.sum() ** 2 / np.dot(w, w))
+
+
+def choose_temperature(
+    scores: np.ndarray,
+    req: Requests,
+    temperatures: Sequence[float],
+    cap_quantile: float,
+) -> dict[str, Any]:
+    """The temperature with the largest (uncapped) ESS of slate weights on these requests,
+    and the NCIS cap: the ``cap_quantile`` quantile of that temperature's ratios.
+
+    Returns a dict: ``temperature``, ``log_cap``, ``grid`` (per temperature: uncapped ESS and
+    ESS share, median log ratio).
+    """
+    lb = behaviour_log_prob(req)
+    grid = []
+    for temp in temperatures:
+        lr = slate_log_prob_from_scores(scores, req, temp) - lb
+        grid.append(
+            {
+                "temperature": float(temp),
+                "ess": _ess(lr),
+                "ess_share": _ess(lr) / lr.size,
+                "median_log_ratio": float(np.median(lr)),
+            }
+        )
+    best = max(grid, key=lambda g: g["ess"])
+    lr = slate_log_prob_from_scores(scores, req, best["temperature"]) - lb
+    return {
+        "temperature": best["temperature"],
+        "log_cap": float(np.quantile(lr, cap_quantile)),
+        "cap_quantile": cap_quantile,
+        "n_requests": int(req.n_requests),
+        "grid": grid,
+    }
+
+
+def ncis_estimate(
+    log_ratio: np.ndarray,
+    reward: np.ndarray,
+    users: np.ndarray,
+    log_cap: float,
+    n_boot: int,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """NCIS with weights ``min(c, pi/mu)`` from log ratios, and a user-cluster bootstrap CI.
+
+    The weights are rescaled by ``1/c`` (``exp(min(log_ratio, log c) - log c)`` in ``(0, 1]``)
+    before :func:`training.eval.metrics.ncis` with cap 1: the same estimate, no overflow.
+    """
+    lr = np.asarray(log_ratio, dtype=np.float64)
+    r = np.asarray(reward, dtype=np.float64)
+    w = np.exp(np.minimum(lr, log_cap) - log_cap)
+    res = ncis(w, np.ones_like(w), r, cap=1.0)
+
+    def stat(w_: np.ndarray, r_: np.ndarray) -> float:
+        return float(np.dot(w_, r_) / w_.sum())
+
+    _, lo, hi = bootstrap_ci(stat, w, r, n_boot=n_boot, rng=rng, groups=users)
+    return {
+        "value": res.value,
+        "low": lo,
+        "high": hi,
+        "ess": res.ess,
+        "n": res.n,
+        "log_cap": float(log_cap),
+        "clipped_fraction": float((lr > log_cap).mean()),
+        "mean_logged_reward": float(r.mean()),
+    }
+
+
+def online_clicks_per_request(
+    result: OnlineResult, arm: str, n_boot: int, rng: np.random.Generator
+) -> dict[str, Any]:
+    """Clicks per request of an arm (total clicks / total requests) with a user-cluster
+    bootstrap 95% interval."""
+    s = result.per_session(arm)
+    c = s["click"].astype(np.float64)
+    q = s["requests"].astype(np.float64)
+
+    def stat(c_: np.ndarray, q_: np.ndarray) -> float:
+        return float(c_.sum() / q_.sum())
+
+    v, lo, hi = bootstrap_ci(stat, c, q, n_boot=n_boot, rng=rng, groups=result.session_user)
+    return {"value": v, "low": lo, "high": hi, "requests": int(q.sum())}
+
+
+def compare(est: Mapping[str, float], online: Mapping[str, float]) -> dict[str, Any]:
+    """``bias = NCIS - online`` with a normal-approximation interval from the two (independent)
+    intervals' half-widths: ``h = sqrt(h_ncis^2 + h_online^2)``."""
+    bias = est["value"] - online["value"]
+    h = math.hypot((est["high"] - est["low"]) / 2, (online["high"] - online["low"]) / 2)
+    return {
+        "bias": bias,
+        "low": bias - h,
+        "high": bias + h,
+        "rel_bias_pct": 100.0 * bias / online["value"] if online["value"] else math.nan,
+        "agrees": bool(bias - h <= 0.0 <= bias + h),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the run folder
+# --------------------------------------------------------------------------------------------
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _same_world(meta: Mapping[str, Any], cfg: WorldConfig) -> bool:
+    want = json.loads(json.dumps(cfg.to_dict()))
+    return meta.get("world") == want and meta.get("source") == "simulator"
+
+
+def dataset_dir(data_root: Path, cfg: EvalConfig, seed: int) -> Path:
+    """``data/sim-<preset>[-<hash of overrides>]-s<seed>``."""
+    tag = cfg.world_preset
+    if cfg.world_overrides:
+        h = hashlib.sha1(json.dumps(sorted(cfg.world_overrides)).encode()).hexdigest()[:8]
+        tag = f"{tag}-{h}"
+    return Path(data_root) / f"sim-{tag}-s{seed}"
+
+
+def ensure_dataset(
+    path: Path, wcfg: WorldConfig, preset_name: str, progress: bool, log: Callable[[str], None]
+) -> tuple[Dataset, dict[str, Any]]:
+    """Open the dataset at ``path`` if its world config is ``wcfg``; else generate it."""
+    from training.sim.generate import generate_dataset
+
+    if (path / "dataset.json").exists():
+        ds = Dataset.open(path)
+        if _same_world(ds.meta, wcfg):
+            log(f"reuse dataset {path}")
+            return ds, {"generated": False, "seconds": ds.meta.get("seconds")}
+        raise ConfigError(
+            f"{path} holds a dataset of another world config; move it or choose --data"
+        )
+    log(f"generate dataset {path}")
+    t0 = time.perf_counter()
+    generate_dataset(wcfg, path, progress=progress, preset_name=preset_name)
+    return Dataset.open(path), {"generated": True, "seconds": time.perf_counter() - t0}
+
+
+def check_run_dir(run_dir: Path, cfg: EvalConfig, wcfg: WorldConfig) -> None:
+    """Create the run folder, or check that it belongs to the same configuration."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.json"
+    want = {"eval": cfg.fingerprint(), "world": json.loads(json.dumps(wcfg.to_dict()))}
+    if path.exists():
+        have = _read_json(path)
+        have = {"eval": have.get("eval"), "world": have.get("world")}
+        if have != want:
+            raise ConfigError(
+                f"{run_dir} holds results of another configuration; choose another --runs "
+                "folder or remove it"
+            )
+    else:
+        _write_json(path, {**want, "code_version": code_version()})
+
+
+# --------------------------------------------------------------------------------------------
+# one seed
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Ctx:
+    cfg: EvalConfig
+    seed: int
+    wcfg: WorldConfig
+    ds: Dataset
+    side: SideTables
+    run_dir: Path
+    progress: bool
+    log: Callable[[str], None]
+    timing: dict[str, float] = field(default_factory=dict)
+    _samples: dict[str, Sample] = field(default_factory=dict)
+    _models: dict[str, nn.Module] = field(default_factory=dict)
+
+    @property
+    def model_dir(self) -> Path:
+        d = self.run_dir / "models"
+        d.mkdir(exist_ok=True)
+        return d
+
+    def sample(self, split: str) -> Sample:
+        if split not in self._samples:
+            t0 = time.perf_counter()
+            c = self.cfg
+            if split == "train":
+                s = read_sample(self.ds, "train", self.side, c.train_impressions, self.seed,
+                                "session_id", bc_negatives=c.bc_negatives)  # fmt: skip
+            elif split == "valid":
+                s = read_sample(self.ds, "valid", self.side, c.valid_impressions, self.seed,
+                                "user_id", bc_negatives=c.bc_negatives)  # fmt: skip
+            else:
+                s = read_sample(self.ds, "test", self.side, c.test_impressions, self.seed,
+                                "user_id")  # fmt: skip
+            self._samples[split] = s
+            sec = time.perf_counter() - t0
+            self.timing[f"data_{split}"] = sec
+            self.log(f"{split} sample: {s.n:,} impressions ({sec:.1f} s)")
+        return self._samples[split]
+
+    def new_model(self, name: str) -> nn.Module:
+        arch = ALL_MODELS[name][0]
+        return seeded_build_model(arch, DEFAULT_SPEC.sizes(), seed=self.seed,
+                                  embed_dim=self.cfg.embed_dim)  # fmt: skip
+
+    def model(self, name: str) -> nn.Module:
+        if name not in self._models:
+            m = self.new_model(name)
+            m.load_state_dict(torch.load(self.model_dir / f"{name}.pt", weights_only=True))
+            self._models[name] = m.eval()
+        return self._models[name]
+
+
+def _objective(s: Sample, kind: str, bc: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    if bc:
+        assert s.bc_x is not None and s.bc_y is not None
+        return s.bc_x, s.bc_y, s.bc_w
+    w = mmrf_weights(_feedback_dict(s.feedback)) if kind == "weighted" else None
+    return s.x, s.click.astype(np.float32), w
+
+
+def _valid_loss(model: nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> float:
+    p = np.clip(predict(model, x).astype(np.float64), 1e-7, 1 - 1e-7)
+    ll = -(y * np.log(p) + (1 - y) * np.log1p(-p))
+    return float(ll.mean() if w is None else np.dot(w, ll) / len(ll))
+
+
+def _offline_metrics(model: nn.Module, test: Sample) -> dict[str, Any]:
+    p = predict(model, test.x).astype(np.float64)
+    fb = _feedback_dict(test.feedback)
+    out: dict[str, Any] = {"n_test": test.n, "auc": auc(fb["click"], p)}
+    out["gauc"], out["gauc_users"] = gauc(test.user, fb["click"], p)
+    for aspect in ("like", "long_view"):
+        y = fb[aspect]
+        out[f"auc_{aspect}"] = auc(y, p) if 0 < y.sum() < len(y) else math.nan
+    return out
+
+
+def _train_one(ctx: _Ctx, name: str) -> dict[str, Any]:
+    """Train (or load) one model; returns its metrics JSON."""
+    json_path, pt_path = ctx.model_dir / f"{name}.json", ctx.model_dir / f"{name}.pt"
+    if json_path.exists() and pt_path.exists():
+        info = _read_json(json_path)
+        info["resumed"] = True
+        ctx.log(f"model {name}: found, skip training (auc {info['offline']['auc']:.4f})")
+        return info
+    cfg = ctx.cfg
+    kind = ALL_MODELS[name][1]
+    bc = kind == "bc"
+    x, y, w = _objective(ctx.sample("train"), kind, bc)
+    xv, yv, wv = _objective(ctx.sample("valid"), kind, bc)
+    model = ctx.new_model(name)
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    for epoch in range(cfg.max_epochs):
+        res = train_pointwise(
+            model, x, y, weights=w, epochs=1, batch_size=cfg.batch_size, lr=cfg.lr,
+            seed=ctx.seed * 1000 + epoch, progress=ctx.progress,
+        )  # fmt: skip
+        vl = _valid_loss(model, xv, yv, wv)
+        history.append({"epoch": epoch + 1, "train_loss": res.train_loss_history[-1],
+                        "valid_loss": vl, "seconds": res.seconds})  # fmt: skip
+        ctx.log(f"model {name}: epoch {epoch + 1} valid loss {vl:.5f} ({res.seconds:.0f} s)")
+        if best is None or vl < best[0]:
+            best = (vl, epoch + 1, copy.deepcopy(model.state_dict()))
+        else:
+            break  # the first epoch that does not improve ends training
+    assert best is not None
+    model.load_state_dict(best[2])
+    model.eval()
+    train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    offline = _offline_metrics(model, ctx.sample("test"))
+    info = {
+        "version": ARTIFACT_VERSION,
+        "model": name,
+        "architecture": ALL_MODELS[name][0],
+        "objective": {
+            "click": "BCE(click)",
+            "weighted": "BCE(click) weighted by mmrf_weights",
+            "bc": "BCE(impressed) over logged candidates",
+        }[kind],  # fmt: skip
+        "n_params": int(sum(p.numel() for p in model.parameters())),
+        "n_train": int(x.shape[0]),
+        "n_valid": int(xv.shape[0]),
+        "epochs": best[1],
+        "valid_loss": best[0],
+        "history": history,
+        "offline": offline,
+        "seconds": {"train": train_s, "offline": time.perf_counter() - t1},
+        "seed": ctx.seed,
+        "config": cfg.fingerprint(),
+        "code_version": code_version(),
+        "resumed": False,
+    }
+    torch.save(model.state_dict(), pt_path)
+    _write_json(json_path, info)
+    ctx._models[name] = model
+    ctx.log(f"model {name}: auc {offline['auc']:.4f} gauc {offline['gauc']:.4f}")
+    return info
+
+
+def _stochastic(ctx: _Ctx, name: str, temperature: float) -> PointwisePolicy:
+    return PointwisePolicy(Chunked(ctx.model(name)), ctx.side, temperature=temperature,
+                           seed=10_000 + 97 * ctx.seed + len(name))  # fmt: skip
+
+
+def _temperatures(ctx: _Ctx) -> dict[str, Any]:
+    path = ctx.run_dir / "ncis_temperature.json"
+    if path.exists():
+        ctx.log("NCIS temperatures: found")
+        return _read_json(path)
+    t0 = time.perf_counter()
+    req = read_requests(ctx.ds, "valid", ctx.side, ctx.cfg.ncis_requests, ctx.seed, _S_NCIS_VALID)
+    out: dict[str, Any] = {}
+    for name in ctx.cfg.ncis_models:
+        scores = logged_slot_scores(_stochastic(ctx, name, 1.0), req)
+        out[name] = choose_temperature(scores, req, ctx.cfg.temperatures, ctx.cfg.cap_quantile)
+        ctx.log(
+            f"NCIS {name}: T={out[name]['temperature']} log cap {out[name]['log_cap']:.2f} "
+            f"(valid, {req.n_requests} requests)"
+        )
+    res = {"models": out, "seconds": time.perf_counter() - t0, "seed": ctx.seed}
+    _write_json(path, res)
+    return res
+
+
+def _shortlist_agreement(ctx: _Ctx, world: Any, day: int, users: np.ndarray) -> dict[str, Any]:
+    """Share of requests where the shortlist greedy list equals the full greedy list."""
+    out: dict[str, Any] = {}
+    m = ctx.cfg.shortlist
+    if m <= 0 or m >= world.cfg.n_candidates:
+        return out
+    env = Env(world)
+    obs = env.begin_day(day, users[: min(len(users), 200)])
+    if obs is None:
+        return out
+    k = world.cfg.list_size
+    for name in [n for n in ("fm", "deepfm") if n in ctx.cfg.models]:
+        model = Chunked(ctx.model(name))
+        a = ShortlistPolicy(model, ctx.side, m).rank(obs, k)
+        b = PointwisePolicy(model, ctx.side).rank(obs, k)
+        same_set = np.mean([len(set(p) & set(q)) / k for p, q in zip(a, b, strict=True)])
+        out[name] = {"same_list": float((a == b).all(axis=1).mean()),
+                     "same_items": float(same_set), "requests": int(obs.batch_size)}  # fmt: skip
+    return out
+
+
+def _online(ctx: _Ctx, temps: Mapping[str, Any]) -> tuple[OnlineResult, dict[str, Any]]:
+    path = ctx.run_dir / "online.json"
+    if path.exists():
+        ctx.log("online: found")
+        d = _read_json(path)
+        return OnlineResult.from_dict(d["result"]), d["info"]
+    cfg = ctx.cfg
+    world = build_world(ctx.wcfg)
+    days = split_days(ctx.ds, "test")
+    rng = np.random.default_rng([ctx.seed, 11])
+    n_users = world.n_users
+    users = (
+        np.sort(rng.choice(n_users, size=cfg.online_users, replace=False))
+        if 0 < cfg.online_users < n_users
+        else np.arange(n_users)
+    )
+    t0 = time.perf_counter()
+    agreement = _shortlist_agreement(ctx, world, days[0], users)
+    policies: dict[str, Any] = {
+        "random": RandomPolicy(ctx.seed),
+        "logging": LoggingPolicy(world),
+        "oracle": OraclePolicy(),
+    }
+    for name in cfg.models:
+        policies[name] = ShortlistPolicy(Chunked(ctx.model(name)), ctx.side, cfg.shortlist)
+    for name in cfg.ncis_models:
+        temp = temps["models"][name]["temperature"]
+        policies[f"{name}@T"] = _stochastic(ctx, name, temp)
+    ctx.log(f"online: {len(policies)} arms, {len(users)} users, days {days}")
+    result = run_online(
+        world, policies, users=users, days=days, seed_offset=cfg.online_seed_offset,
+        progress=ctx.progress,
+    )  # fmt: skip
+    info = {
+        "days": days,
+        "n_users": int(len(users)),
+        "n_sessions": result.n_sessions,
+        "seed_offset": cfg.online_seed_offset,
+        "shortlist": cfg.shortlist,
+        "shortlist_agreement": agreement,
+        "temperatures": {n: temps["models"][n]["temperature"] for n in cfg.ncis_models},
+        "seconds": time.perf_counter() - t0,
+        "arm_seconds": result.meta.get("seconds", {}),
+    }
+    _write_json(path, {"result": result.to_dict(), "info": info})
+    for arm, sec in info["arm_seconds"].items():
+        ctx.log(f"online {arm}: {sec:.0f} s")
+    return result, info
+
+
+def _ncis(ctx: _Ctx, temps: Mapping[str, Any], online: OnlineResult) -> dict[str, Any]:
+    path = ctx.run_dir / "ncis.json"
+    if path.exists():
+        ctx.log("NCIS: found")
+        return _read_json(path)
+    cfg = ctx.cfg
+    t0 = time.perf_counter()
+    rng = np.random.default_rng([ctx.seed, 23])
+    out: dict[str, Any] = {}
+    # The logging policy on its own logs, over the whole test split: target = behaviour.
+    logs = logged_slates(ctx.ds, "test")
+    lp = logs["log_prob"]
+    est = ncis_estimate(lp - lp, logs["reward"], logs["user"], 0.0, cfg.n_boot, rng)
+    on = online_clicks_per_request(online, "logging", cfg.n_boot, rng)
+    out["logging"] = {"ncis": est, "online": on, "compare": compare(est, on),
+                      "requests": "all test-split requests"}  # fmt: skip
+    # The stochastic point-wise policies, on a user sample of the test split.
+    req = read_requests(ctx.ds, "test", ctx.side, cfg.ncis_requests, ctx.seed, _S_NCIS_TEST)
+    lb = behaviour_log_prob(req)
+    for name in cfg.ncis_models:
+        tm = temps["models"][name]
+        scores = logged_slot_scores(_stochastic(ctx, name, 1.0), req)
+        lr = slate_log_prob_from_scores(scores, req, tm["temperature"]) - lb
+        reward = req.feedback[:, :, FEEDBACK.index("click")].sum(axis=1).astype(np.float64)
+        est = ncis_estimate(lr, reward, req.user_id, tm["log_cap"], cfg.n_boot, rng)
+        on = online_clicks_per_request(online, f"{name}@T", cfg.n_boot, rng)
+        out[f"{name}@T"] = {
+            "temperature": tm["temperature"],
+            "ncis": est,
+            "online": on,
+            "compare": compare(est, on),
+            "uncapped_ess": _ess(lr),
+            "requests": int(req.n_requests),
+        }
+    res = {"policies": out, "seconds": time.perf_counter() - t0, "seed": ctx.seed}
+    _write_json(path, res)
+    for k, v in out.items():
+        c = v["compare"]
+        ctx.log(f"NCIS {k}: {v['ncis']['value']:.4f} vs online {v['online']['value']:.4f} "
+                f"bias {c['bias']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]")  # fmt: skip
+    return res
+
+
+def run_seed(
+    cfg: EvalConfig,
+    seed: int,
+    run_dir: str | Path,
+    data_root: str | Path = "data",
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) one seed; returns and saves ``seed_summary.json`` in ``run_dir``.
+
+    Every piece found finished in ``run_dir`` (model checkpoints with their metrics JSON,
+    ``ncis_temperature.json``, ``online.json``, ``ncis.json``) is loaded, not recomputed.
+    """
+    torch.set_num_threads(cfg.threads)
+    run_dir = Path(run_dir)
+    wcfg = world_config(cfg, seed)
+    check_run_dir(run_dir, cfg, wcfg)
+    say = log or (lambda s: None)
+
+    def logf(msg: str) -> None:
+        say(f"[seed {seed}] {msg}")
+
+    t_all = time.perf_counter()
+    ds, gen = ensure_dataset(dataset_dir(Path(data_root), cfg, seed), wcfg, cfg.world_preset,
+                             progress, logf)  # fmt: skip
+    side = SideTables.from_tables(ds.users(), ds.items())
+    ctx = _Ctx(cfg, seed, wcfg, ds, side, run_dir, progress, logf)
+    models = {name: _train_one(ctx, name) for name in cfg.models}
+    temps = _temperatures(ctx)
+    online, online_info = _online(ctx, temps)
+    ncis_res = _ncis(ctx, temps, online)
+    # Stage times persist across resumed runs: a stage keeps the time of the run that did it.
+    tpath = run_dir / "timing.json"
+    stage_seconds = _read_json(tpath) if tpath.exists() else {}
+    stage_seconds.update(ctx.timing)
+    _write_json(tpath, stage_seconds)
+    summary = {
+        "version": ARTIFACT_VERSION,
+        "seed": seed,
+        "config": cfg.to_dict(),
+        "world": wcfg.to_dict(),
+        "code_version": code_version(),
+        "dataset": {
+            "path": str(ds.root),
+            "counts": ds.meta.get("counts"),
+            "code_version": ds.meta.get("code_version"),
+            "split_days": {s: split_days(ds, s) for s in ("train", "valid", "test")},
+            "split_impressions": {s: _split_impressions(ds, s) for s in ("train", "valid", "test")},
+            "generated_now": gen["generated"],
+            "generate_seconds": gen["seconds"],
+        },
+        "models": models,
+        "temperatures": temps,
+        "online": {
+            "info": online_info,
+            "summary": online.summary("logging"),
+            "clicks_per_request": {
+                arm: online_clicks_per_request(
+                    online, arm, cfg.n_boot, np.random.default_rng([seed, 31])
+                )
+                for arm in online.arms
+            },  # fmt: skip
+        },
+        "ncis": ncis_res,
+        "stage_seconds": stage_seconds,
+        "timing": {"this_run": time.perf_counter() - t_all},
+        "resumed_models": [n for n, m in models.items() if m.get("resumed")],
+    }
+    _write_json(run_dir / "seed_summary.json", summary)
+    logf(f"done in {summary['timing']['this_run']:.0f} s")
+    return summary

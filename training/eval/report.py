@@ -1,0 +1,652 @@
+"""The baselines report: run every seed (resumably), aggregate, write Markdown, PNGs and JSON.
+
+    ranker report --preset default --seeds 0 1 2 --out results/baselines
+    ranker report --preset tiny --seeds 0 1 2 --out results/baselines-tiny   # a smoke run
+
+Big artifacts (datasets, checkpoints, per-session online results) go under ``data/`` and
+``runs/`` (git-ignored); ``--out`` receives only ``report.md``, the PNG plots and
+``summary.json`` (the aggregated tables). Per seed, :func:`training.eval.baselines_run.
+run_seed` does the work and skips every piece already finished in its run folder, so a rerun
+after a crash (or to rebuild the report) only does what is missing.
+
+Aggregation over seeds: a table cell is the mean over seeds of the per-seed value, ``± std``
+the sample standard deviation over seeds. Online cells also carry a 95% interval of that mean
+from the within-seed sampling error: with per-seed half-widths ``h_s`` (seeds independent),
+``h = sqrt(sum_s h_s^2) / S``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.data.pipeline import code_version
+from training.eval.baselines_run import (
+    MMRF_WEIGHTS,
+    WATCH_NORM_S,
+    EvalConfig,
+    eval_preset,
+    run_seed,
+)
+from training.eval.metrics import rela_impr
+
+__all__ = ["ONLINE_METRICS", "build_report", "run_report"]
+
+#: Online metrics of the report: name -> column title.
+ONLINE_METRICS: dict[str, str] = {
+    "clicks_per_user": "ACN (clicks/user)",
+    "watch_time_per_session": "watch s/session",
+    "depth_per_session": "depth/session",
+    "like_per_session": "like/session",
+    "follow_per_session": "follow/session",
+    "comment_per_session": "comment/session",
+    "hate_per_session": "hate/session",
+}
+REFERENCE_ARMS = ("random", "logging", "oracle")
+
+
+def run_report(
+    preset_name: str,
+    seeds: Sequence[int],
+    out: str | Path,
+    runs_dir: str | Path | None = None,
+    data_root: str | Path = "data",
+    world_overrides: Mapping[str, str] | None = None,
+    budget_overrides: Mapping[str, str] | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> Path:
+    """Run (or resume) every seed and write the report into ``out``; returns report.md's path."""
+    cfg = eval_preset(preset_name).with_overrides(dict(budget_overrides or {}))
+    if world_overrides:
+        cfg = dataclasses.replace(cfg, world_overrides=tuple(sorted(world_overrides.items())))
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds={seeds}: need at least one, all distinct")
+    out = Path(out)
+    runs = Path(runs_dir) if runs_dir else Path("runs") / f"{out.name}-{preset_name}"
+    say = log or (lambda s: None)
+
+    def stamped(msg: str) -> None:
+        say(f"{time.strftime('%H:%M:%S')} {msg}")
+
+    t0 = time.perf_counter()
+    summaries = [
+        run_seed(cfg, s, runs / f"seed{s}", data_root, progress=progress, log=stamped)
+        for s in seeds
+    ]
+    wall = time.perf_counter() - t0
+    path = build_report(summaries, cfg, out, preset_name, wall_seconds=wall, runs_dir=runs)
+    stamped(f"report: {path} ({wall:.0f} s)")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# aggregation
+# --------------------------------------------------------------------------------------------
+
+
+def _mean_std(v: Sequence[float]) -> tuple[float, float]:
+    a = np.asarray([x for x in v if x is not None], dtype=np.float64)
+    if a.size == 0 or np.isnan(a).all():
+        return math.nan, math.nan
+    a = a[~np.isnan(a)]
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def _pooled(points: Sequence[float], lows: Sequence[float], highs: Sequence[float]) -> dict:
+    """Mean over seeds with the interval of the mean from per-seed half-widths."""
+    p = np.asarray(points, dtype=np.float64)
+    h = (np.asarray(highs, dtype=np.float64) - np.asarray(lows, dtype=np.float64)) / 2.0
+    m = float(p.mean())
+    half = float(np.sqrt(np.sum(h**2)) / p.size)
+    return {
+        "mean": m,
+        "std": float(p.std(ddof=1)) if p.size > 1 else 0.0,
+        "low": m - half,
+        "high": m + half,
+        "per_seed": p.tolist(),
+    }
+
+
+def aggregate(summaries: Sequence[Mapping[str, Any]], cfg: EvalConfig) -> dict[str, Any]:
+    """The report's numbers from the per-seed summaries."""
+    seeds = [s["seed"] for s in summaries]
+    models = list(cfg.models)
+    # ---- offline ----
+    offline: dict[str, Any] = {}
+    for m in models:
+        per = [s["models"][m]["offline"] for s in summaries]
+        auc_fm = [s["models"]["fm"]["offline"]["auc"] for s in summaries]
+        ri = [rela_impr(p["auc"], b) for p, b in zip(per, auc_fm, strict=True)]
+        row = {"relaimpr": _mean_std(ri), "relaimpr_per_seed": ri}
+        for key in ("auc", "gauc", "auc_like", "auc_long_view"):
+            row[key] = _mean_std([p[key] for p in per])
+            row[f"{key}_per_seed"] = [p[key] for p in per]
+        row["epochs"] = [s["models"][m]["epochs"] for s in summaries]
+        row["n_params"] = summaries[0]["models"][m]["n_params"]
+        row["n_train"] = [s["models"][m]["n_train"] for s in summaries]
+        row["n_test"] = [s["models"][m]["offline"]["n_test"] for s in summaries]
+        offline[m] = row
+    # ---- online ----
+    arms = [r["arm"] for r in summaries[0]["online"]["summary"] if r["metric"] == "clicks_per_user"]
+    online: dict[str, dict[str, Any]] = {a: {} for a in arms}
+    for a in arms:
+        for metric in ONLINE_METRICS:
+            rows = [
+                next(r for r in s["online"]["summary"] if r["arm"] == a and r["metric"] == metric)
+                for s in summaries
+            ]
+            online[a][metric] = {
+                "value": _pooled([r["mean"] for r in rows], [r["low"] for r in rows],
+                                 [r["high"] for r in rows]),
+                "rel": _pooled([r["rel_pct"] for r in rows], [r["rel_low"] for r in rows],
+                               [r["rel_high"] for r in rows]),
+            }  # fmt: skip
+        cpr = [s["online"]["clicks_per_request"][a] for s in summaries]
+        online[a]["clicks_per_request"] = {
+            "value": _pooled([c["value"] for c in cpr], [c["low"] for c in cpr],
+                             [c["high"] for c in cpr])
+        }  # fmt: skip
+    # ---- sanity: oracle > best baseline > random (ACN) ----
+    acn = {a: online[a]["clicks_per_user"]["value"] for a in arms}
+    trained = [a for a in models if a in acn]
+    best = max(trained, key=lambda a: acn[a]["mean"])
+    per_seed_ok = []
+    for i in range(len(seeds)):
+        b_i = max(acn[a]["per_seed"][i] for a in trained)
+        per_seed_ok.append(acn["oracle"]["per_seed"][i] > b_i > acn["random"]["per_seed"][i])
+    ordering = {
+        "best_baseline": best,
+        "oracle": acn["oracle"],
+        "best": acn[best],
+        "random": acn["random"],
+        "per_seed_ok": per_seed_ok,
+        "pass": bool(
+            all(per_seed_ok) and acn["oracle"]["mean"] > acn[best]["mean"] > acn["random"]["mean"]
+        ),
+    }
+    # ---- sanity: NCIS ----
+    ncis: dict[str, Any] = {}
+    for pol in summaries[0]["ncis"]["policies"]:
+        per = [s["ncis"]["policies"][pol] for s in summaries]
+        cmp_ = [p["compare"] for p in per]
+        bias = _pooled([c["bias"] for c in cmp_], [c["low"] for c in cmp_],
+                       [c["high"] for c in cmp_])  # fmt: skip
+        ncis[pol] = {
+            "ncis": _pooled(
+                [p["ncis"]["value"] for p in per],
+                [p["ncis"]["low"] for p in per],
+                [p["ncis"]["high"] for p in per],
+            ),
+            "online": _pooled(
+                [p["online"]["value"] for p in per],
+                [p["online"]["low"] for p in per],
+                [p["online"]["high"] for p in per],
+            ),
+            "bias": bias,
+            "rel_bias_pct": _mean_std([c["rel_bias_pct"] for c in cmp_]),
+            "agrees_per_seed": [c["agrees"] for c in cmp_],
+            "agrees": bool(bias["low"] <= 0.0 <= bias["high"]),
+            "ess": [p["ncis"]["ess"] for p in per],
+            "n": [p["ncis"]["n"] for p in per],
+            "clipped_fraction": [p["ncis"]["clipped_fraction"] for p in per],
+            "temperature": [p.get("temperature") for p in per],
+            "uncapped_ess": [p.get("uncapped_ess") for p in per],
+            "mean_logged_reward": [p["ncis"]["mean_logged_reward"] for p in per],
+        }
+    # ---- timing ----
+    timing = [_seed_timing(s) for s in summaries]
+    return {
+        "seeds": seeds,
+        "offline": offline,
+        "online": online,
+        "arms": arms,
+        "ordering": ordering,
+        "ncis": ncis,
+        "timing": timing,
+    }
+
+
+def _seed_timing(s: Mapping[str, Any]) -> dict[str, float]:
+    """Compute seconds of each stage of a seed (as recorded when the stage ran)."""
+    t = s.get("stage_seconds", {})
+    models = s["models"]
+    out = {
+        "generate": float(s["dataset"].get("generate_seconds") or 0.0),
+        "data": float(sum(v for k, v in t.items() if k.startswith("data_"))),
+        "train": float(sum(m["seconds"]["train"] for m in models.values())),
+        "offline": float(sum(m["seconds"]["offline"] for m in models.values())),
+        "ncis_temperature": float(s["temperatures"].get("seconds", 0.0)),
+        "online": float(s["online"]["info"]["seconds"]),
+        "ncis": float(s["ncis"].get("seconds", 0.0)),
+    }
+    out["total"] = float(sum(out.values()))
+    out["this_run"] = float(s["timing"].get("this_run", 0.0))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# formatting
+# --------------------------------------------------------------------------------------------
+
+
+def _f(x: float | None, d: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{d}f}"
+
+
+def _g(x: float | None, d: int = 3) -> str:
+    """Compact number: significant digits for small values."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if x == 0:
+        return "0"
+    a = abs(x)
+    if a >= 100:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.{d - 1}f}"
+    return f"{x:.{d}g}"
+
+
+def _pct(x: float | None, d: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:+.{d}f}%"
+
+
+def _pm(ms: tuple[float, float], d: int = 4) -> str:
+    return f"{_f(ms[0], d)} ± {_f(ms[1], d)}"
+
+
+def _mmss(sec: float) -> str:
+    sec = float(sec)
+    return f"{int(sec // 60)}:{int(round(sec % 60)):02d}" if sec >= 60 else f"{sec:.0f} s"
+
+
+def _verdict(ok: bool) -> str:
+    return "**PASS**" if ok else "**FAIL**"
+
+
+def build_report(
+    summaries: Sequence[Mapping[str, Any]],
+    cfg: EvalConfig,
+    out: str | Path,
+    preset_name: str,
+    wall_seconds: float | None = None,
+    runs_dir: str | Path | None = None,
+) -> Path:
+    """Write ``report.md``, PNG plots and ``summary.json`` into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    agg = aggregate(summaries, cfg)
+    plots = _plots(agg, cfg, out)
+    s0 = summaries[0]
+    versions = sorted({s["code_version"] for s in summaries})
+    lines: list[str] = []
+    w = lines.append
+    w(f"# Baselines report: `{preset_name}` world, seeds {', '.join(map(str, agg['seeds']))}")
+    w("")
+    w(f"- Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by "
+      f"`ranker report --preset {preset_name} --seeds {' '.join(map(str, agg['seeds']))} "
+      f"--out {out}`")  # fmt: skip
+    w(f"- Code version: `{code_version()}` (runs: {', '.join(f'`{v}`' for v in versions)})")
+    if runs_dir is not None:
+        w(f"- Run folders (checkpoints, per-session online results): `{runs_dir}`")
+    ds = s0["dataset"]
+    w(f"- World: preset `{cfg.world_preset}`"
+      + (f", overrides {dict(cfg.world_overrides)}" if cfg.world_overrides else "")
+      + f"; {s0['world']['n_users']:,} users, {s0['world']['n_items']:,} items, "
+      f"{s0['world']['n_days']} days, {s0['world']['n_candidates']} candidates, "
+      f"K = {s0['world']['list_size']}; split days train {ds['split_days']['train']}, "
+      f"valid {ds['split_days']['valid']}, test {ds['split_days']['test']}")  # fmt: skip
+    imps = ", ".join(f"seed {s['seed']}: {s['dataset']['counts']['impressions']:,}"
+                     for s in summaries)  # fmt: skip
+    w(f"- Logged impressions per world: {imps}")
+    w("")
+    w("## Timing")
+    w("")
+    _timing_section(w, agg, wall_seconds)
+    w("")
+    w("## Sanity checks")
+    w("")
+    _sanity_section(w, agg, cfg)
+    w("")
+    w("## Offline (test split)")
+    w("")
+    _offline_section(w, agg, cfg, summaries)
+    w("")
+    w(f"![AUC per model]({plots['auc']})")
+    w("")
+    w("## Online (simulated A/B, common random numbers)")
+    w("")
+    _online_section(w, agg, cfg, summaries)
+    w("")
+    w(f"![ACN per arm]({plots['acn']})")
+    w("")
+    w(f"![Relative change vs logging]({plots['relative']})")
+    w("")
+    w("## Off-policy estimate (NCIS) against the online truth")
+    w("")
+    _ncis_section(w, agg, cfg)
+    w("")
+    w(f"![NCIS vs online]({plots['ncis']})")
+    w("")
+    w("## Configuration")
+    w("")
+    _config_section(w, cfg, summaries)
+    w("")
+    path = out / "report.md"
+    _atomic_text(path, "\n".join(lines))
+    small = {
+        "preset": preset_name,
+        "config": cfg.to_dict(),
+        "world": s0["world"],
+        "code_version": code_version(),
+        "run_code_versions": versions,
+        "wall_seconds": wall_seconds,
+        **agg,
+    }
+    _atomic_text(out / "summary.json", json.dumps(small, indent=1, sort_keys=True))
+    return path
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _timing_section(w: Callable[[str], None], agg: Mapping[str, Any], wall: float | None) -> None:
+    tm = agg["timing"]
+    stages = ["generate", "data", "train", "offline", "ncis_temperature", "online", "ncis"]
+    w("Compute time of each stage as recorded when it ran (min:s; 2 shared CPU cores, torch on "
+      "1 thread):")  # fmt: skip
+    w("")
+    w("| seed | " + " | ".join(stages) + " | total |")
+    w("|---|" + "---:|" * (len(stages) + 1))
+    for seed, t in zip(agg["seeds"], tm, strict=True):
+        w(f"| {seed} | " + " | ".join(_mmss(t[s]) for s in stages) + f" | {_mmss(t['total'])} |")
+    total = sum(t["total"] for t in tm)
+    w("| all | " + " | ".join(_mmss(sum(t[s] for t in tm)) for s in stages)
+      + f" | **{_mmss(total)}** |")  # fmt: skip
+    w("")
+    if wall is not None:
+        w(f"Wall clock of the command that wrote this report: **{_mmss(wall)}** "
+          f"(stages found finished in the run folders are loaded, not recomputed).")  # fmt: skip
+
+
+def _sanity_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: EvalConfig) -> None:
+    o = agg["ordering"]
+    b = o["best_baseline"]
+    w("| check | measured | verdict |")
+    w("|---|---|---|")
+    w(
+        f"| online ACN: oracle > best baseline > random | oracle {_g(o['oracle']['mean'])} > "
+        f"{b} {_g(o['best']['mean'])} > random {_g(o['random']['mean'])}; per seed "
+        f"{sum(o['per_seed_ok'])}/{len(o['per_seed_ok'])} | {_verdict(o['pass'])} |"
+    )
+    for pol, n in agg["ncis"].items():
+        bias = n["bias"]
+        what = (
+            "NCIS(logging) on its own logs = online logging clicks/request"
+            if pol == "logging"
+            else f"NCIS({pol}) = online {pol} clicks/request (estimator bias)"
+        )
+        w(
+            f"| {what} | NCIS {_f(n['ncis']['mean'])} vs online {_f(n['online']['mean'])}: "
+            f"bias {_f(bias['mean'], 4)} [{_f(bias['low'], 4)}, {_f(bias['high'], 4)}] "
+            f"({_pct(n['rel_bias_pct'][0])}); per seed {sum(n['agrees_per_seed'])}/"
+            f"{len(n['agrees_per_seed'])} within interval | {_verdict(n['agrees'])} |"
+        )
+    w("")
+    w("Verdicts: the ordering must hold in the mean and in every seed (best baseline = the "
+      "trained model with the highest mean ACN). An NCIS check passes when the 95% interval of "
+      "NCIS − online (seeds pooled, see the NCIS section) contains 0; for the two stochastic "
+      "policies a FAIL is the estimator's measured bias, not a bug to tune away.")  # fmt: skip
+
+
+def _offline_section(
+    w: Callable[[str], None], agg: Mapping[str, Any], cfg: EvalConfig, summaries: Sequence
+) -> None:
+    off = agg["offline"]
+    n_train = off["fm"]["n_train"]
+    n_test = off["fm"]["n_test"]
+    w(f"Click AUC, RelaImpr over FM and GAUC (per-user AUC weighted by impressions) on a "
+      f"user sample of the test day ({', '.join(f'{n:,}' for n in n_test)} impressions per "
+      f"seed); models trained on {', '.join(f'{n:,}' for n in n_train)} train impressions "
+      f"(sessions sampled), early-stopped on the valid day. Mean ± std over "
+      f"{len(agg['seeds'])} seeds. AUC like / long_view: the same scores ranked against those "
+      f"aspects.")  # fmt: skip
+    w("")
+    w("| model | AUC | RelaImpr | GAUC | AUC like | AUC long_view | epochs | params |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for m in cfg.models:
+        r = off[m]
+        w(f"| {m} | {_pm(r['auc'])} | {_pct(r['relaimpr'][0], 2)} ± {_f(r['relaimpr'][1], 2)} "
+          f"| {_pm(r['gauc'])} | {_pm(r['auc_like'], 3)} | {_pm(r['auc_long_view'], 3)} "
+          f"| {','.join(map(str, r['epochs']))} | {r['n_params']:,} |")  # fmt: skip
+    w("")
+    ws = ", ".join(f"{k} {v:+g}" for k, v in MMRF_WEIGHTS.items())
+    w(f"`*_weighted`: label click, sample weight `max(0, 1 + sum_a c_a x_a)` with {ws} "
+      f"(watch_time as min(seconds / {WATCH_NORM_S:g}, 1)). `bc`: DeepFM trained to tell "
+      f"impressed (1) from non-impressed (0) logged candidates ({cfg.bc_negatives} negatives "
+      f"sampled per request at a random slot, weighted to stand for all), i.e. behaviour "
+      f"cloning of the logging policy; its AUC is its click AUC.")  # fmt: skip
+
+
+def _online_section(
+    w: Callable[[str], None], agg: Mapping[str, Any], cfg: EvalConfig, summaries: Sequence
+) -> None:
+    info = summaries[0]["online"]["info"]
+    n_sess = [s["online"]["info"]["n_sessions"] for s in summaries]
+    temps = {k: [s["online"]["info"]["temperatures"][k] for s in summaries]
+             for k in info["temperatures"]}  # fmt: skip
+    w(f"Days {info['days']} (the test days), fresh sessions (env seed offset "
+      f"{info['seed_offset']}), a random population of {info['n_users']:,} users per world "
+      f"({', '.join(map(str, n_sess))} sessions per seed), every arm in its own env with the same "
+      f"random numbers. Trained models act greedily slot by slot"
+      + (f" over a shortlist of the {cfg.shortlist} best candidates by slot-0 score"
+         if cfg.shortlist else "")
+      + "; `<model>@T` samples each slot from softmax(score / T) (T chosen on valid for NCIS: "
+      + ", ".join(f"{k} T = {v}" for k, v in temps.items())
+      + "). `oracle`: greedy on the world's true click probability.")  # fmt: skip
+    agree = [s["online"]["info"].get("shortlist_agreement") or {} for s in summaries]
+    if any(agree):
+        parts = []
+        for name in agree[0]:
+            same = [a[name]["same_list"] for a in agree if name in a]
+            items = [a[name]["same_items"] for a in agree if name in a]
+            parts.append(f"{name}: {100 * np.mean(same):.0f}% identical lists, "
+                         f"{100 * np.mean(items):.0f}% same items")  # fmt: skip
+        w(f"Shortlist check (first requests of the test day, full greedy vs shortlist): "
+          f"{'; '.join(parts)}.")  # fmt: skip
+    w("")
+    w(
+        "Mean over seeds, with the 95% interval of that mean (per-user / per-session normal "
+        "intervals, seeds pooled):"
+    )
+    w("")
+    arms = agg["arms"]
+    w("| arm | " + " | ".join(ONLINE_METRICS.values()) + " |")
+    w("|---|" + "---:|" * len(ONLINE_METRICS))
+    for a in arms:
+        cells = []
+        for m in ONLINE_METRICS:
+            v = agg["online"][a][m]["value"]
+            cells.append(f"{_g(v['mean'])} [{_g(v['low'])}, {_g(v['high'])}]")
+        w(f"| {a} | " + " | ".join(cells) + " |")
+    w("")
+    w(
+        "Relative change vs the `logging` arm (%), paired over the same users / sessions "
+        "(delta-method intervals, seeds pooled):"
+    )
+    w("")
+    w("| arm | " + " | ".join(ONLINE_METRICS.values()) + " |")
+    w("|---|" + "---:|" * len(ONLINE_METRICS))
+    for a in arms:
+        cells = []
+        for m in ONLINE_METRICS:
+            r = agg["online"][a][m]["rel"]
+            cells.append(f"{_pct(r['mean'])} [{_pct(r['low'])}, {_pct(r['high'])}]")
+        w(f"| {a} | " + " | ".join(cells) + " |")
+
+
+def _ncis_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: EvalConfig) -> None:
+    w("NCIS estimates clicks per logged *request* (one slate) from the test-day logs; the "
+      "online value is the same policy's clicks per request in the online run (total clicks / "
+      "total requests), both with user-cluster bootstrap 95% intervals. Slate probabilities "
+      "are products over slots: the logging policy's logged propensities (exact: it is a "
+      "sequential sampler), and for `<model>@T` the softmax(score / T) probability of the "
+      "logged item among the candidates not yet placed, given the logged prefix (exact for "
+      "these sequential samplers). Ratios in log space; weights min(c, pi/mu) with c the "
+      f"{cfg.cap_quantile:g} quantile of the valid-day ratios at the chosen T; T maximises the "
+      f"uncapped ESS on {cfg.ncis_requests:,} valid requests over the grid "
+      f"{list(cfg.temperatures)}. bias = NCIS − online, interval sqrt(h_ncis² + h_online²). "
+      "The logging policy's NCIS uses every test-day request; the others a user sample of "
+      f"about {cfg.ncis_requests:,} requests.")  # fmt: skip
+    w("")
+    w("| policy | T | NCIS | online | bias | rel. bias | ESS / n | clipped | within |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for pol, n in agg["ncis"].items():
+        e, o, b = n["ncis"], n["online"], n["bias"]
+        temps = [t for t in n["temperature"] if t is not None]
+        ess = "; ".join(f"{x:,.0f}/{m:,}" for x, m in zip(n["ess"], n["n"], strict=True))
+        clip = ", ".join(f"{100 * c:.1f}%" for c in n["clipped_fraction"])
+        w(f"| {pol} | {','.join(f'{t:g}' for t in temps) or '-'} "
+          f"| {_f(e['mean'])} [{_f(e['low'])}, {_f(e['high'])}] "
+          f"| {_f(o['mean'])} [{_f(o['low'])}, {_f(o['high'])}] "
+          f"| {_f(b['mean'])} [{_f(b['low'])}, {_f(b['high'])}] "
+          f"| {_pct(n['rel_bias_pct'][0])} | {ess} | {clip} "
+          f"| {sum(n['agrees_per_seed'])}/{len(n['agrees_per_seed'])} seeds |")  # fmt: skip
+    lg = agg["ncis"].get("logging")
+    if lg:
+        same = [abs(a - b) for a, b in zip(lg["ncis"]["per_seed"], lg["mean_logged_reward"],
+                                           strict=True)]  # fmt: skip
+        w("")
+        w(f"NCIS(logging) equals the mean logged clicks per request in every seed (largest "
+          f"difference {max(same):.2e}): all weights are 1 when target = behaviour.")  # fmt: skip
+
+
+def _config_section(w: Callable[[str], None], cfg: EvalConfig, summaries: Sequence) -> None:
+    w("Evaluation config (`training.eval.baselines_run.EvalConfig`):")
+    w("")
+    w("```json")
+    w(json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
+    w("```")
+    w("")
+    w("World config (seed replaced per run):")
+    w("")
+    w("```json")
+    w(json.dumps(summaries[0]["world"], indent=1, sort_keys=True))
+    w("```")
+
+
+# --------------------------------------------------------------------------------------------
+# plots
+# --------------------------------------------------------------------------------------------
+
+
+def _plots(agg: Mapping[str, Any], cfg: EvalConfig, out: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = {"acn": "online_acn.png", "auc": "offline_auc.png",
+             "relative": "online_relative.png", "ncis": "ncis_vs_online.png"}  # fmt: skip
+    arms = agg["arms"]
+
+    def colour(a: str) -> str:
+        if a in REFERENCE_ARMS:
+            return {"random": "#999999", "logging": "#1f77b4", "oracle": "#2ca02c"}[a]
+        return "#ff7f0e" if a.endswith("@T") else "#d62728"
+
+    # ACN per arm with the interval of the mean
+    fig, ax = plt.subplots(figsize=(8, 0.38 * len(arms) + 1.5))
+    v = [agg["online"][a]["clicks_per_user"]["value"] for a in arms]
+    y = np.arange(len(arms))[::-1]
+    means = np.array([x["mean"] for x in v])
+    err = np.array([[x["mean"] - x["low"], x["high"] - x["mean"]] for x in v]).T
+    ax.barh(y, means, xerr=err, color=[colour(a) for a in arms], capsize=3)
+    ax.set_yticks(y, arms)
+    ax.axvline(agg["online"]["logging"]["clicks_per_user"]["value"]["mean"], ls="--",
+               color="#1f77b4", lw=1)  # fmt: skip
+    for yi, m in zip(y, means, strict=True):
+        ax.text(m, yi, f" {m:.2f}", va="center", fontsize=8)
+    ax.set_xlabel("clicks per user (ACN), mean over seeds, 95% interval")
+    ax.set_title(f"Online ACN per arm ({len(agg['seeds'])} seeds)")
+    ax.set_xlim(0, means.max() * 1.15)
+    fig.tight_layout()
+    fig.savefig(out / names["acn"], dpi=110)
+    plt.close(fig)
+
+    # AUC per model with std over seeds
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    models = list(cfg.models)
+    m_auc = np.array([agg["offline"][m]["auc"][0] for m in models])
+    s_auc = np.array([agg["offline"][m]["auc"][1] for m in models])
+    x = np.arange(len(models))
+    ax.bar(x, m_auc, yerr=s_auc, capsize=3,
+           color=["#9467bd" if m == "bc" else "#d62728" for m in models])  # fmt: skip
+    for xi, m in zip(x, m_auc, strict=True):
+        ax.text(xi, m, f"{m:.4f}", ha="center", va="bottom", fontsize=7)
+    lo = max(0.5, float(np.nanmin(m_auc - s_auc)) - 0.01)
+    hi = float(np.nanmax(m_auc + s_auc)) + 0.006
+    ax.set_ylim(lo, hi)
+    ax.set_xticks(x, models, rotation=30, ha="right")
+    ax.set_ylabel("test click AUC (mean ± std over seeds)")
+    ax.set_title("Offline click AUC per model")
+    fig.tight_layout()
+    fig.savefig(out / names["auc"], dpi=110)
+    plt.close(fig)
+
+    # relative change vs logging for three headline metrics
+    mets = ["clicks_per_user", "watch_time_per_session", "depth_per_session"]
+    others = [a for a in arms if a != "logging"]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(mets)
+    xx = np.arange(len(others))
+    for i, m in enumerate(mets):
+        r = [agg["online"][a][m]["rel"] for a in others]
+        mean = np.array([q["mean"] for q in r])
+        e = np.array([[q["mean"] - q["low"], q["high"] - q["mean"]] for q in r]).T
+        ax.bar(xx + (i - 1) * width, mean, width, yerr=e, capsize=2, label=ONLINE_METRICS[m])
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(xx, others, rotation=30, ha="right")
+    ax.set_ylabel("% change vs logging (95% interval)")
+    ax.set_title("Online: relative change vs the logging policy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / names["relative"], dpi=110)
+    plt.close(fig)
+
+    # NCIS vs online per policy
+    pols = list(agg["ncis"])
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for i, p in enumerate(pols):
+        for j, (key, c, lab) in enumerate(
+            [("ncis", "#ff7f0e", "NCIS (test logs)"), ("online", "#1f77b4", "online truth")]
+        ):
+            q = agg["ncis"][p][key]
+            ax.errorbar(i + (j - 0.5) * 0.25, q["mean"],
+                        yerr=[[q["mean"] - q["low"]], [q["high"] - q["mean"]]], fmt="o",
+                        color=c, capsize=4, label=lab if i == 0 else None)  # fmt: skip
+    ax.set_xticks(range(len(pols)), pols)
+    ax.set_ylabel("clicks per request (95% interval)")
+    ax.set_title("Off-policy NCIS vs the online value")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / names["ncis"], dpi=110)
+    plt.close(fig)
+    return names
