@@ -25,6 +25,14 @@ LOGGING_ARM = "logging"
 LOGGING_VERSION = "sim-logging-v1"
 
 
+def repeated_string(value: str, n: int) -> pa.Array:
+    """A string array of ``n`` copies of ``value``, built from buffers (no Python strings)."""
+    raw = value.encode()
+    offsets = np.arange(n + 1, dtype=np.int32) * len(raw)
+    data = np.frombuffer(raw * n, dtype=np.uint8) if n and raw else np.zeros(0, np.uint8)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
 def request_rows(
     obs: Observation,
     slate: np.ndarray,
@@ -37,43 +45,41 @@ def request_rows(
     b, c = obs.candidates.shape
     k = slate.shape[1]
     rows = np.arange(b)[:, None]
-    pos = np.full((b, c), -1, dtype=np.int16)
-    pos[rows, slate] = np.arange(k, dtype=np.int16)[None, :]
-    # Column order within a request: slots 0..K-1, then candidates in matching order.
-    sort_key = np.where(pos >= 0, pos, k + np.arange(c)[None, :])
-    order = np.argsort(sort_key, axis=1, kind="stable")
     shown = np.zeros((b, c), dtype=bool)
-    shown[:, :k] = True
+    shown[rows, slate] = True
+    # Column order within a request: slots 0..K-1, then the rest in matching order.
+    rest = np.nonzero(~shown)[1].reshape(b, c - k)
+    order = np.concatenate([slate, rest], axis=1)
     n = b * c
+    pos = np.full((b, c), -1, dtype=np.int16)
+    pos[:, :k] = np.arange(k, dtype=np.int16)
+    mask = np.ones((b, c), dtype=bool)
+    mask[:, :k] = False
+    mask = mask.ravel()
 
     def per_request(x: np.ndarray) -> np.ndarray:
         return np.repeat(x, c)
 
-    items = np.take_along_axis(obs.candidate_ids, order, axis=1).ravel()
-    prop = np.zeros((b, c))
-    prop[:, :k] = propensity
+    def shown_only(x: np.ndarray, dtype) -> pa.Array:
+        v = np.zeros((b, c), dtype=dtype)
+        v[:, :k] = x
+        return pa.array(v.ravel(), mask=mask)
+
     cols: dict[str, pa.Array] = {
         "request_id": pa.array(per_request(obs.request_id)),
         "session_id": pa.array(per_request(obs.session_id)),
         "user_id": pa.array(per_request(obs.user_id)),
         "timestamp": pa.array(per_request(obs.timestamp)),
         "request_index": pa.array(per_request(obs.request_index).astype(np.int32)),
-        "position": pa.array(np.take_along_axis(pos, order, axis=1).ravel()),
-        "item_id": pa.array(items),
-        "arm": pa.DictionaryArray.from_arrays(np.zeros(n, dtype=np.int8), [arm]).cast(pa.string()),
-        "model_version": pa.DictionaryArray.from_arrays(
-            np.zeros(n, dtype=np.int8), [model_version]
-        ).cast(pa.string()),
+        "position": pa.array(pos.ravel()),
+        "item_id": pa.array(np.take_along_axis(obs.candidate_ids, order, axis=1).ravel()),
+        "arm": repeated_string(arm, n),
+        "model_version": repeated_string(model_version, n),
+        "propensity": shown_only(propensity, np.float64),
     }
-    mask = ~shown.ravel()
-    cols["propensity"] = pa.array(prop.ravel(), mask=mask)
     for name in FEEDBACK_BINARY:
-        v = np.zeros((b, c), dtype=np.int8)
-        v[:, :k] = getattr(fb, name)
-        cols[name] = pa.array(v.ravel(), mask=mask)
-    wt = np.zeros((b, c), dtype=np.float32)
-    wt[:, :k] = fb.watch_time
-    cols["watch_time"] = pa.array(wt.ravel(), mask=mask)
+        cols[name] = shown_only(getattr(fb, name), np.int8)
+    cols["watch_time"] = shown_only(fb.watch_time, np.float32)
     return pa.table(cols, schema=LOG_SCHEMA)
 
 
