@@ -525,7 +525,7 @@ def slot_ctr(cfg: WorldConfig, days: int = 2) -> np.ndarray:
         for _, _, fb in run_day(env, pol, day, users=np.arange(cfg.n_users)):
             clicks += fb.click[pol.ok].sum(axis=0)
             n += int(pol.ok.sum())
-    assert n > 20_000
+    assert n > 10_000
     return clicks / n
 
 
@@ -744,8 +744,8 @@ def test_clickbait_items_attract_clicks_but_disappoint() -> None:
     flags = build_world(cfg).item_clickbait
     assert 0.08 < flags.mean() < 0.25
     d = clickbait_contrast(cfg, flags)
-    assert d["click"] > 0.08, d
-    assert d["satisfaction"] < -1.5, d
+    assert d["click"] > 0.04, d  # appeal +0.6 on the logit: about +0.07 in click probability
+    assert d["satisfaction"] < -1.5, d  # clickbait_satisfaction 1.8
     assert d["hate"] > 0, d
 
 

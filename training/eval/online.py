@@ -91,6 +91,7 @@ from training.sim.world import World, build_world
 
 __all__ = [
     "METRICS",
+    "ORACLE_ASPECTS",
     "SESSION_FIELDS",
     "OnlineResult",
     "OraclePolicy",
@@ -177,8 +178,13 @@ class OraclePolicy:
     It sees the truth (the users' current drifted interests, the cross-request fatigue) but is
     myopic: it maximises the expected reward of this list, not of the session's future. With the
     default ``reward="click"`` (DRL-Rec's reward) it favours clickbait, whose low satisfaction
-    shortens sessions; a weighted reward such as ``{"click": 1, "satisfaction": 0.3}`` trades
-    that off.
+    shortens sessions (through the leave hazard), so on the simulated world it gets the most
+    clicks per request but fewer clicks per user than the logging policy; a weighted reward such
+    as ``{"click": 1, "satisfaction": 0.1}`` trades that off and is far ahead on every metric.
+
+    Cost: ``k`` calls of :meth:`Env.expected` over all ``C`` candidates per request (about
+    1.5-2 ms per request at C=200 on one CPU core, 10-20x the logging policy). On large worlds
+    run oracle arms on a user subset (``users=`` of :func:`run_online`).
 
     The oracle must act in the env whose truth it reads. :func:`run_online` calls
     :meth:`bind` with each arm's env; outside it, pass the env (or a zero-argument callable

@@ -71,7 +71,7 @@ class WorldConfig:
     mechanisms: Mechanisms = field(default_factory=Mechanisms)
 
     # Response parameters (click logit, examination, satisfaction, aspects, leaving).
-    click_intercept: float = 0.9
+    click_intercept: float = 0.97
     affinity_weight: float = 3.0
     popularity_sd: float = 0.5
     position_bias_power: float = 0.35
@@ -79,26 +79,31 @@ class WorldConfig:
     fatigue_list_author: float = 0.8
     fatigue_cross: float = 0.25
     fatigue_cross_decay: float = 0.6
-    clickbait_fraction: float = 0.15
-    clickbait_appeal: float = 1.0
-    clickbait_satisfaction: float = 2.5
+    clickbait_fraction: float = 0.1
+    clickbait_appeal: float = 0.6
+    clickbait_satisfaction: float = 1.8
     sat_intercept: float = 0.3
     quality_weight: float = 1.0
-    sat_affinity_weight: float = 1.5
+    sat_affinity_weight: float = 2.5
     duration_weight: float = 0.35
     drift_rate: float = 0.08
     drift_reversion: float = 0.5
-    leave_intercept: float = -2.2
-    leave_satisfaction_weight: float = 1.6
+    leave_intercept: float = 0.1
+    leave_satisfaction_weight: float = 1.0
+    leave_reference_satisfaction: float = 1.1
+    """The satisfaction the leave hazard sees when ``mechanisms.leave_hazard`` is off: the
+    constant hazard then gives about the same session length under the logging policy."""
     satisfaction_decay: float = 0.6
-    like_intercept: float = -6.4
-    comment_intercept: float = -7.1
-    follow_intercept: float = -8.9
-    hate_intercept: float = -13.6
+    like_intercept: float = -7.35
+    comment_intercept: float = -7.95
+    follow_intercept: float = -9.65
+    hate_intercept: float = -11.7
     # Logging policy: a softmax ranker over a noisy production score plus uniform exposure.
     logging_temperature: float = 0.35
     logging_epsilon: float = 0.03
     logging_noise_sd: float = 0.3
+    logging_clickbait_pull: float = 0.4
+    """How much the production score favours clickbait (click models like it)."""
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [

@@ -229,7 +229,7 @@ class Env:
         if m.drift:
             pull = (resp["click"] * (0.5 + value))[:, :, None] * w.item_vec[items]
             self.state.x[a.users] = _unit(x + c.drift_rate * pull.sum(axis=1))
-        sat_term = a.satisfaction if m.leave_hazard else np.full(b, LEAVE_REFERENCE_SATISFACTION)
+        sat_term = a.satisfaction if m.leave_hazard else np.full(b, c.leave_reference_satisfaction)
         p_leave = wm.sigmoid(
             c.leave_intercept - c.leave_satisfaction_weight * sat_term + w.user_patience[a.users]
         )
@@ -303,11 +303,6 @@ class Env:
             "watch_time": p_click * watch_click + (1 - p_click) * 0.5 * np.minimum(dur, 7.0),
             "satisfaction": sigma,
         }
-
-
-#: The satisfaction the leave hazard sees when the hazard is switched off (so the constant
-#: hazard is about the average of the satisfaction-driven one under the logging policy).
-LEAVE_REFERENCE_SATISFACTION = -0.8
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -20,8 +20,6 @@ from training.sim.env import Observation
 from training.sim.rng import Stream, gumbel, uniform, uniform32
 from training.sim.world import World
 
-CLICKBAIT_PULL = 0.8
-
 
 def sample_slate(
     logits: np.ndarray,
@@ -109,7 +107,9 @@ class LoggingPolicy:
         # Built once: float32 halves the memory traffic of the (B, C, D) gather per request.
         self._vec = world.item_vec.astype(np.float32)
         self._z = world.user_z.astype(np.float32)
-        self._static = (world.item_pop + CLICKBAIT_PULL * world.item_clickbait).astype(np.float32)
+        self._static = (world.item_pop + c.logging_clickbait_pull * world.item_clickbait).astype(
+            np.float32
+        )
 
     def scores(self, obs: Observation) -> np.ndarray:
         """Production scores ``(B, C)`` of the candidates (higher is better)."""
