@@ -135,13 +135,24 @@ def validate_log_table(table: pa.Table, source: str = "<table>") -> None:
 def _check_unique(source: str, column: str, rid: np.ndarray, key: np.ndarray, what: str) -> None:
     if rid.size == 0:
         return
-    pairs = np.stack([rid, key.astype(np.int64)], axis=1)
-    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
-    s = pairs[order]
-    dup = (s[1:] == s[:-1]).all(axis=1)
-    if dup.any():
-        r, k = s[1:][dup][0]
-        raise _fail(source, column, f"{what} (request_id {r}, {column} {k})")
+    key = key.astype(np.int64)
+    k_min, k_max = int(key.min()), int(key.max())
+    r_min, r_max = int(rid.min()), int(rid.max())
+    span = k_max - k_min + 1
+    if (r_max - r_min + 1) * span < 2**62:
+        # One combined int64 key and a plain sort: several times faster than a lexsort.
+        comb = np.sort((rid - r_min) * span + (key - k_min))
+        dup = np.flatnonzero(comb[1:] == comb[:-1])
+        if dup.size:
+            c = int(comb[dup[0]])
+            r, k = r_min + c // span, k_min + c % span
+            raise _fail(source, column, f"{what} (request_id {r}, {column} {k})")
+        return
+    order = np.lexsort((key, rid))
+    r_s, k_s = rid[order], key[order]
+    dup = np.flatnonzero((r_s[1:] == r_s[:-1]) & (k_s[1:] == k_s[:-1]))
+    if dup.size:
+        raise _fail(source, column, f"{what} (request_id {r_s[dup[0]]}, {column} {k_s[dup[0]]})")
 
 
 def validate_log_file(path: str | Path) -> int:

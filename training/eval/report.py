@@ -167,7 +167,7 @@ def aggregate(summaries: Sequence[Mapping[str, Any]], cfg: EvalConfig) -> dict[s
     }
     # ---- sanity: NCIS ----
     ncis: dict[str, Any] = {}
-    for pol in summaries[0]["ncis"]["policies"]:
+    for pol in sorted(summaries[0]["ncis"]["policies"], key=lambda p: (p != "logging", p)):
         per = [s["ncis"]["policies"][pol] for s in summaries]
         cmp_ = [p["compare"] for p in per]
         bias = _pooled([c["bias"] for c in cmp_], [c["low"] for c in cmp_],
@@ -487,7 +487,8 @@ def _online_section(
          if cfg.shortlist else "")
       + "; `<model>@T` samples each slot from softmax(score / T) (T chosen on valid for NCIS: "
       + ", ".join(f"{k} T = {v}" for k, v in temps.items())
-      + "). `oracle`: greedy on the world's true click probability.")  # fmt: skip
+      + "). `oracle`: greedy on the world's true click probability (myopic); `oracle_lt`: "
+      "greedy on the true click probability + 0.1 × the true satisfaction logit.")  # fmt: skip
     agree = [s["online"]["info"].get("shortlist_agreement") or {} for s in summaries]
     if any(agree):
         parts = []
@@ -612,11 +613,11 @@ def _plots(agg: Mapping[str, Any], cfg: EvalConfig, out: Path) -> dict[str, str]
     ax.set_yticks(y, arms)
     ax.axvline(agg["online"]["logging"]["clicks_per_user"]["value"]["mean"], ls="--",
                color="#1f77b4", lw=1)  # fmt: skip
-    for yi, m in zip(y, means, strict=True):
-        ax.text(m, yi, f" {m:.2f}", va="center", fontsize=8)
+    for yi, m, top in zip(y, means, means + err[1], strict=True):
+        ax.text(top, yi, f"  {m:.2f}", va="center", fontsize=8)
     ax.set_xlabel("clicks per user (ACN), mean over seeds, 95% interval")
     ax.set_title(f"Online ACN per arm ({len(agg['seeds'])} seeds)")
-    ax.set_xlim(0, means.max() * 1.15)
+    ax.set_xlim(0, float((means + err[1]).max()) * 1.15)
     fig.tight_layout()
     fig.savefig(out / names["acn"], dpi=110)
     plt.close(fig)
@@ -629,8 +630,8 @@ def _plots(agg: Mapping[str, Any], cfg: EvalConfig, out: Path) -> dict[str, str]
     x = np.arange(len(models))
     ax.bar(x, m_auc, yerr=s_auc, capsize=3,
            color=["#9467bd" if m == "bc" else "#d62728" for m in models])  # fmt: skip
-    for xi, m in zip(x, m_auc, strict=True):
-        ax.text(xi, m, f"{m:.4f}", ha="center", va="bottom", fontsize=7)
+    for xi, m, s_ in zip(x, m_auc, s_auc, strict=True):
+        ax.text(xi, m + s_, f"{m:.4f}", ha="center", va="bottom", fontsize=7)
     lo = max(0.5, float(np.nanmin(m_auc - s_auc)) - 0.01)
     hi = float(np.nanmax(m_auc + s_auc)) + 0.006
     ax.set_ylim(lo, hi)

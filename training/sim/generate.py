@@ -33,6 +33,63 @@ def repeated_string(value: str, n: int) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
+REQUEST_COLUMNS = ("request_id", "session_id", "user_id", "timestamp", "request_index")
+SHOWN_COLUMNS = ("propensity", *FEEDBACK_BINARY, "watch_time")
+
+
+def request_columns(
+    obs: Observation, slate: np.ndarray, propensity: np.ndarray, fb: Feedback
+) -> dict[str, np.ndarray]:
+    """One step's log at the granularity it has: per request ``(B,)``, per shown slot
+    ``(B, K)``, and the candidates' item ids ``(B, C)`` (slots 0..K-1 first, then the rest in
+    matching order). :func:`columns_table` expands them to rows."""
+    b, c = obs.candidates.shape
+    k = slate.shape[1]
+    shown = np.zeros((b, c), dtype=bool)
+    shown[np.arange(b)[:, None], slate] = True
+    rest = np.nonzero(~shown)[1].reshape(b, c - k)
+    order = np.concatenate([slate, rest], axis=1)
+    cols = {
+        "request_id": obs.request_id,
+        "session_id": obs.session_id,
+        "user_id": obs.user_id,
+        "timestamp": obs.timestamp,
+        "request_index": obs.request_index.astype(np.int32),
+        "item_id": np.take_along_axis(obs.candidate_ids, order, axis=1),
+        "propensity": propensity.astype(np.float64),
+        "watch_time": fb.watch_time.astype(np.float32),
+    }
+    for name in FEEDBACK_BINARY:
+        cols[name] = getattr(fb, name).astype(np.int8)
+    return cols
+
+
+def columns_table(
+    cols: dict[str, np.ndarray], arm: str = LOGGING_ARM, model_version: str = LOGGING_VERSION
+) -> pa.Table:
+    """An impression-log table (one row per candidate) from :func:`request_columns` arrays."""
+    r, c = cols["item_id"].shape
+    k = cols["propensity"].shape[1]
+    n = r * c
+    null = np.ones((r, c), dtype=bool)
+    null[:, :k] = False
+    null = null.ravel()
+    pos = np.full((r, c), -1, dtype=np.int16)
+    pos[:, :k] = np.arange(k, dtype=np.int16)
+    arrays: dict[str, pa.Array] = {
+        name: pa.array(np.repeat(cols[name], c)) for name in REQUEST_COLUMNS
+    }
+    arrays["position"] = pa.array(pos.ravel())
+    arrays["item_id"] = pa.array(cols["item_id"].ravel())
+    arrays["arm"] = repeated_string(arm, n)
+    arrays["model_version"] = repeated_string(model_version, n)
+    for name in SHOWN_COLUMNS:
+        v = np.zeros((r, c), dtype=cols[name].dtype)
+        v[:, :k] = cols[name]
+        arrays[name] = pa.array(v.ravel(), mask=null)
+    return pa.table({f.name: arrays[f.name] for f in LOG_SCHEMA}, schema=LOG_SCHEMA)
+
+
 def request_rows(
     obs: Observation,
     slate: np.ndarray,
@@ -42,67 +99,28 @@ def request_rows(
     model_version: str = LOGGING_VERSION,
 ) -> pa.Table:
     """Log rows ``(B * C)`` for one step: shown items by position, then non-impressions."""
-    b, c = obs.candidates.shape
-    k = slate.shape[1]
-    rows = np.arange(b)[:, None]
-    shown = np.zeros((b, c), dtype=bool)
-    shown[rows, slate] = True
-    # Column order within a request: slots 0..K-1, then the rest in matching order.
-    rest = np.nonzero(~shown)[1].reshape(b, c - k)
-    order = np.concatenate([slate, rest], axis=1)
-    n = b * c
-    pos = np.full((b, c), -1, dtype=np.int16)
-    pos[:, :k] = np.arange(k, dtype=np.int16)
-    mask = np.ones((b, c), dtype=bool)
-    mask[:, :k] = False
-    mask = mask.ravel()
-
-    def per_request(x: np.ndarray) -> np.ndarray:
-        return np.repeat(x, c)
-
-    def shown_only(x: np.ndarray, dtype) -> pa.Array:
-        v = np.zeros((b, c), dtype=dtype)
-        v[:, :k] = x
-        return pa.array(v.ravel(), mask=mask)
-
-    cols: dict[str, pa.Array] = {
-        "request_id": pa.array(per_request(obs.request_id)),
-        "session_id": pa.array(per_request(obs.session_id)),
-        "user_id": pa.array(per_request(obs.user_id)),
-        "timestamp": pa.array(per_request(obs.timestamp)),
-        "request_index": pa.array(per_request(obs.request_index).astype(np.int32)),
-        "position": pa.array(pos.ravel()),
-        "item_id": pa.array(np.take_along_axis(obs.candidate_ids, order, axis=1).ravel()),
-        "arm": repeated_string(arm, n),
-        "model_version": repeated_string(model_version, n),
-        "propensity": shown_only(propensity, np.float64),
-    }
-    for name in FEEDBACK_BINARY:
-        cols[name] = shown_only(getattr(fb, name), np.int8)
-    cols["watch_time"] = shown_only(fb.watch_time, np.float32)
-    return pa.table(cols, schema=LOG_SCHEMA)
+    return columns_table(request_columns(obs, slate, propensity, fb), arm, model_version)
 
 
 def simulate_day(env: Env, policy: LoggingPolicy, day: int, k: int) -> tuple[pa.Table, int]:
-    """All sessions of one day under the logging policy; rows sorted by session."""
-    tables = []
+    """All sessions of one day under the logging policy; sessions whole and in time order."""
+    steps: list[dict[str, np.ndarray]] = []
     n_imp = 0
     obs = env.begin_day(day)
     while obs is not None:
         slate, prop = policy.sample(obs, k)
         fb = env.step(slate)
-        tables.append(request_rows(obs, slate, prop, fb))
+        steps.append(request_columns(obs, slate, prop, fb))
         n_imp += slate.size
         obs = env.observe()
-    if not tables:
+    if not steps:
         return LOG_SCHEMA.empty_table(), 0
-    day_table = pa.concat_tables(tables)
-    # Within one step rows are already (request, position)-ordered; a stable sort by session
-    # start time, session and request index puts sessions in time order, each one whole.
-    req_index = day_table.column("request_index").to_numpy()
-    start = day_table.column("timestamp").to_numpy() - req_index.astype(np.int64) * REQUEST_GAP_MS
-    idx = np.lexsort((req_index, day_table.column("session_id").to_numpy(), start))
-    return day_table.take(pa.array(idx)), n_imp
+    cols = {name: np.concatenate([st[name] for st in steps]) for name in steps[0]}
+    # Sort requests by session start, session and request index: sessions whole, in time order.
+    ri = cols["request_index"].astype(np.int64)
+    start = cols["timestamp"] - ri * REQUEST_GAP_MS
+    order = np.lexsort((ri, cols["session_id"], start))
+    return columns_table({name: v[order] for name, v in cols.items()}), n_imp
 
 
 def generate_dataset(
