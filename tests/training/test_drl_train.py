@@ -247,3 +247,21 @@ def test_run_dir_is_written(data, tmp_path):
     assert (tmp_path / "checkpoint.pt").exists()
     assert 0.0 <= s["eval"]["auc_student"] <= 1.0
     assert Path(tmp_path / "train.json").exists()
+
+
+def test_interrupted_and_resumed_run_ends_where_an_uninterrupted_one_does(data, tmp_path):
+    from training.drl.train import train
+
+    ds, side, _ = data
+    cfg = SMALL.with_overrides(max_instances=6 * 64, log_every=2)
+    straight = DRLTrainer(cfg, side)
+    train(straight, ds, out=tmp_path / "a", progress=False)
+
+    half = DRLTrainer(cfg.with_overrides(max_instances=3 * 64), side)
+    train(half, ds, out=tmp_path / "b", progress=False)
+    resumed = DRLTrainer(cfg, side)
+    train(resumed, ds, out=tmp_path / "b", resume=True, progress=False)
+
+    assert resumed.step_count == straight.step_count == 6
+    for pa, pb in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)

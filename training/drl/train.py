@@ -244,6 +244,11 @@ class DRLRec(nn.Module):
         return picked, torch.cat([valid_t, valid_s], dim=1)
 
 
+def stream_rng(seed: int) -> np.random.Generator:
+    """The generator of a run's data stream (shuffles, exploration draws)."""
+    return np.random.default_rng([seed, 1])
+
+
 def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     """``theta' <- (1 - tau) theta' + tau theta``."""
     with torch.no_grad():
@@ -264,7 +269,7 @@ class DRLTrainer:
         self.teacher_target = copy.deepcopy(self.model.teacher).requires_grad_(False)
         self.student_target = copy.deepcopy(self.model.student).requires_grad_(False)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
-        self.rng = np.random.default_rng([cfg.seed, 1])
+        self.rng = stream_rng(cfg.seed)
         self.step_count = 0
         self.instances = 0
         self.ddp: nn.Module | None = None
@@ -362,7 +367,8 @@ def _loop(trainer, paths, skip, logs, history_rows, bar, ckpt, checkpoint_every,
             row["step"] = trainer.step_count
             row["charts/sps"] = seen / max(time.perf_counter() - t0, 1e-9)
             history_rows.append(row)
-            bar.set_postfix(td_s=f"{row['losses/td_student']:.3f}", kl=f"{row['losses/kl']:.3f}")
+            shown = [k for k in row if k.startswith("losses/")][:2]
+            bar.set_postfix({k.split("/", 1)[1]: f"{row[k]:.4f}" for k in shown})
         if ckpt is not None and rank == 0 and trainer.step_count % checkpoint_every == 0:
             trainer.save(ckpt)
     return seen
@@ -378,8 +384,14 @@ def train(
     progress: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    desc: str = "drl-rec",
 ) -> dict[str, Any]:
-    """Train on the dataset's training split; returns the run's summary (also saved)."""
+    """Train on the dataset's training split; returns the run's summary (also saved).
+
+    Drives any trainer with ``cfg`` (batch_size, sessions_per_chunk, epochs, max_instances,
+    log_every, seed), ``side``, ``rng``, ``batch``, ``step``, ``save``/``load``,
+    ``step_count`` and ``instances`` (DRL-Rec's and HRL-Rec's).
+    """
     from tqdm.auto import tqdm
 
     cfg = trainer.cfg
@@ -388,14 +400,18 @@ def train(
     if resume and ckpt is not None and ckpt.exists():
         trainer.load(ckpt)
         skip = trainer.step_count
+        # The skipped steps are replayed (their shuffles and exploration draws included) from
+        # the seed's fresh stream, which lands the generator where the checkpoint left it.
+        trainer.rng = stream_rng(cfg.seed)
     paths = shard_for_rank(dataset.paths("train"), rank, world_size)
     logs: dict[str, list[float]] = defaultdict(list)
     history_rows = []
     t0 = time.perf_counter()
-    bar = tqdm(desc="drl-rec", unit="inst", unit_scale=True, disable=not progress or rank != 0)
+    bar = tqdm(desc=desc, unit="inst", unit_scale=True, disable=not progress or rank != 0)
     seen = 0
     # Under DDP, join() lets ranks whose shards run out early keep the collectives matched.
-    join = trainer.ddp.join() if trainer.ddp is not None else contextlib.nullcontext()
+    ddp = getattr(trainer, "ddp", None)
+    join = ddp.join() if ddp is not None else contextlib.nullcontext()
     with join:
         seen = _loop(trainer, paths, skip, logs, history_rows, bar, ckpt, checkpoint_every,
                      rank, t0)  # fmt: skip
