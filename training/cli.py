@@ -147,6 +147,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_drl_report(args: argparse.Namespace) -> int:
+    from training.drl.report import run_drl_report
+
+    run_drl_report(
+        args.preset,
+        args.seeds,
+        out=args.out,
+        runs_dir=args.runs,
+        data_root=args.data,
+        scale=args.scale,
+        only=args.only,
+        overrides=parse_overrides(args.set or []),
+        progress=not args.no_progress,
+        command="ranker " + " ".join(sys.argv[1:]) if sys.argv[1:] else None,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ranker", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -225,6 +243,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--no-progress", action="store_true")
     _COMMANDS["report"] = _cmd_report
+
+    dr = sub.add_parser("drl-report", help="DRL-Rec: Tables 2-4, Fig. 4, online A/B, Markdown")
+    dr.add_argument("--preset", default="tiny", help="tiny | default (default: tiny)")
+    dr.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    dr.add_argument(
+        "--out", default=None, help="report folder (default: results/drl, results/drl-<preset>)"
+    )
+    dr.add_argument("--runs", default="runs/drl-report", help="run folders: <runs>/<preset>/...")
+    dr.add_argument("--data", default="data", help="folder of the simulated datasets")
+    dr.add_argument("--scale", type=float, default=None, help="multiply the training budget")
+    dr.add_argument(
+        "--only", nargs="+", default=None, help="run only these runs or groups (main, ablations,"
+        " sweeps, hrl, pointwise, control, online, cost)",
+    )  # fmt: skip
+    dr.add_argument(
+        "--set", action="append", metavar="KEY=VALUE",
+        help="report config override, e.g. max_instances=200000 or online_users=4000",
+    )  # fmt: skip
+    dr.add_argument("--no-progress", action="store_true")
+    _COMMANDS["drl-report"] = _cmd_drl_report
     return p
 
 

@@ -1,0 +1,260 @@
+"""The DRL-Rec report: the tiny plan end to end (tables, plots, resume), and the pure table and
+claim logic against numbers worked by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from training.cli import main
+from training.data.features import SideTables
+from training.data.pipeline import Dataset
+from training.drl.report import (
+    ABLATIONS,
+    build_plan,
+    compression_shape,
+    direction_status,
+    pooled,
+    ratio_status,
+    relaimpr_columns,
+    report_preset,
+    run_drl_report,
+    same_config,
+    sweep_run_name,
+    train_prefix,
+)
+from training.drl.report import best_at as best_at_
+from training.sim.config import ConfigError
+
+# One training step per run (4096 * 1/16 = 256 = one batch), small samples everywhere.
+SCALE = 1 / 16
+ONLY = ["main", "no_hint", "compression0.25", "hrl", "fm", "afn", "control", "online", "cost"]
+BUDGET = {
+    "test_impressions": "1500",
+    "online_users": "30",
+    "cost_requests": "5",
+    "cost_rounds": "1",
+    "n_boot": "20",
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _run(paths, log):
+    return run_drl_report(
+        "tiny",
+        [0],
+        out=paths["out"],
+        runs_dir=paths["runs"],
+        data_root=paths["data"],
+        scale=SCALE,
+        only=ONLY,
+        overrides=BUDGET,
+        log=log,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("drl-report")
+    paths = {"out": root / "out", "runs": root / "runs", "data": root / "data"}
+    first: list[str] = []
+    paths["report"] = _run(paths, first.append)
+    paths["first_log"] = first
+    return paths
+
+
+# ---- end to end ----
+
+
+def test_report_has_every_table_and_plot(tiny_report):
+    out = tiny_report["out"]
+    assert tiny_report["report"] == out / "report.md"
+    text = (out / "report.md").read_text()
+    for heading in ("## Claims of the paper", "## Table 2 analogue", "## Table 4 analogue",
+                    "## Fig. 4 analogues", "## Table 3 analogue", "## Negative control",
+                    "## Timing", "## Configuration"):  # fmt: skip
+        assert heading in text, heading
+    for png in ("ablations.png", "fig4a_compression.png", "fig4b_filtered.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+    assert "| DRL-Rec (student) | 0." in text and "| FM | 0." in text
+    assert "| Wide&Deep | n/a |" in text  # not run: shown as missing, not invented
+
+
+def test_summary_numbers_are_consistent(tiny_report):
+    s = json.loads((tiny_report["out"] / "summary.json").read_text())
+    t2 = s["table2"]
+    for key in ("fm", "afn", "teacher", "student", "hrl"):
+        assert 0.0 < t2[key]["auc"][0] < 1.0, key
+    assert t2["fm"]["relaimpr"][0] == 0.0
+    # The same full run fills Table 2's student and Table 4's first row.
+    assert s["table4"]["drl"]["auc"][0] == t2["student"]["auc"][0]
+    statuses = {c["id"]: c["status"] for c in s["claims"]}
+    assert statuses["ablation:no_confidence"] == "not run"
+    assert statuses["student>teacher"] in ("reproduced", "not reproduced")
+    assert statuses["cost:bytes_in_memory"] == "reproduced"  # 50% widths: ~47% of the bytes
+    assert statuses["cost:macs_per_request"] == "not reproduced"  # ~25%: width squared
+    assert s["control"]["student"]["per_seed"] and s["online"]["arms"]["student"]["acn"]["mean"] > 0
+    assert s["cost"]["student_over_teacher"]["parameters"] == pytest.approx(0.468, abs=0.01)
+
+
+def test_run_folders_hold_train_json_and_scores(tiny_report):
+    seed = tiny_report["runs"] / "tiny" / "seed0"
+    for name in ("drl", "no_hint", "compression0.25", "hrl", "fm", "afn", "control_gamma0"):
+        info = json.loads((seed / name / "train.json").read_text())
+        assert "eval" in info and info["eval"]["impressions"] > 0, name
+        assert (seed / name / "scores.npz").exists(), name
+    drl = json.loads((seed / "drl" / "train.json").read_text())
+    assert drl["instances"] == 256 and drl["config"]["n_explore"] == 100
+    assert not (seed / "no_kl").exists()  # --only left it out
+
+
+def test_rerun_skips_finished_runs(tiny_report):
+    seed = tiny_report["runs"] / "tiny" / "seed0"
+    before = {p: p.stat().st_mtime_ns for p in seed.glob("*/train.json")}
+    log: list[str] = []
+    _run(tiny_report, log.append)
+    skipped = [line for line in log if "finished earlier, skipped" in line]
+    assert len(skipped) == len(before) == 8
+    assert not any(": train (" in line for line in log)
+    assert {p: p.stat().st_mtime_ns for p in seed.glob("*/train.json")} == before
+
+
+def test_a_changed_budget_is_refused_not_mixed(tiny_report):
+    with pytest.raises(ConfigError, match="another config"):
+        run_drl_report("tiny", [0], out=tiny_report["out"], runs_dir=tiny_report["runs"],
+                       data_root=tiny_report["data"], scale=SCALE * 2, only=["drl"],
+                       overrides=BUDGET, log=None)  # fmt: skip
+
+
+def test_cli_rejects_unknown_preset_and_names(tmp_path, capsys):
+    assert main(["drl-report", "--preset", "huge", "--out", str(tmp_path)]) == 2
+    assert "huge" in capsys.readouterr().err
+    args = ["drl-report", "--preset", "tiny", "--only", "nonsense", "--runs", str(tmp_path)]
+    assert main(args) == 2
+    assert "nonsense" in capsys.readouterr().err
+
+
+# ---- the plan ----
+
+
+def test_plan_runs_sweeps_on_the_first_seeds_and_reuses_the_base_point():
+    cfg = report_preset("tiny")
+    plan = build_plan(cfg, [0, 1])
+    names0 = [r.name for r in plan[0]]
+    names1 = [r.name for r in plan[1]]
+    assert len(names0) == len(set(names0))
+    assert set(ABLATIONS) <= set(names1) and {"drl", "hrl", "fm", "afn"} <= set(names1)
+    assert {"control_gamma0.4", "control_gamma0"} <= set(names1)
+    sweeps0 = {r.name for r in plan[0] if r.group == "sweeps"}
+    assert len(sweeps0) == 5 + 3 + 2 and not any(r.group == "sweeps" for r in plan[1])
+    # The base config's own value of each sweep is the full run, not a duplicate.
+    assert sweep_run_name(cfg, "compression", 0.5) == "drl"
+    assert sweep_run_name(cfg, "n_filtered", 3) == "drl"
+    assert sweep_run_name(cfg, "n_explore", 100) == "drl"
+    assert sweep_run_name(cfg, "n_explore", 1000) == "n_explore1000" in sweeps0
+    assert all(r.world == "long_term_off" for r in plan[1] if r.group == "control")
+
+
+def test_train_prefix_takes_the_budget_from_the_start_of_the_stream(tmp_path):
+    from training.sim.config import preset
+    from training.sim.generate import generate_dataset
+
+    generate_dataset(preset("tiny"), tmp_path / "d", progress=False)
+    ds = Dataset.open(tmp_path / "d")
+    side = SideTables.from_tables(ds.users(), ds.items())
+    x, y = train_prefix(ds, side, 700, sessions_per_chunk=16, seed=0)
+    assert x.shape == (700, 22) and y.shape == (700,) and set(np.unique(y)) <= {0.0, 1.0}
+    x_all, _ = train_prefix(ds, side, 0, sessions_per_chunk=16, seed=0)
+    # the first chunks are taken whole: their rows are the first rows of the whole split
+    assert np.array_equal(x[:100], x_all[:100])
+    assert x_all.shape[0] == sum(s["impressions"] for s in ds.meta["shards"]
+                                 if s["file"] in ds.meta["split"]["train"])  # fmt: skip
+
+
+# ---- tables and claims against hand numbers ----
+
+
+def test_relaimpr_columns_per_seed_then_mean():
+    aucs = {"fm": {0: 0.7321, 1: 0.70}, "student": {0: 0.7653, 1: 0.72}}
+    t = relaimpr_columns(aucs)
+    # seed 0: (0.2653 / 0.2321 - 1) * 100 = 14.3042 (the paper's 14.30%); seed 1: 10.0
+    assert t["student"]["relaimpr_per_seed"][0] == pytest.approx(14.30418, abs=1e-4)
+    assert t["student"]["relaimpr_per_seed"][1] == pytest.approx(10.0)
+    m, sd = t["student"]["relaimpr"]
+    assert m == pytest.approx(12.15209, abs=1e-4)
+    assert sd == pytest.approx(4.30418 / math.sqrt(2), abs=1e-4)
+    assert t["fm"]["relaimpr"] == (0.0, 0.0)
+    assert t["student"]["auc"][0] == pytest.approx(0.74265)
+
+
+def test_relaimpr_skips_seeds_without_the_base():
+    t = relaimpr_columns({"fm": {0: 0.6}, "x": {0: 0.65, 1: 0.9}})
+    assert list(t["x"]["relaimpr_per_seed"]) == [0]
+    assert t["x"]["relaimpr"][0] == pytest.approx(50.0)
+
+
+def test_direction_status_needs_the_mean_and_every_seed():
+    assert direction_status([0.002, 0.001])["status"] == "reproduced"
+    mixed = direction_status([0.002, 0.001, -0.0005])
+    assert mixed["status"] == "not reproduced" and mixed["agree"] == 2
+    assert direction_status([-0.001, -0.003], direction=-1)["status"] == "reproduced"
+    assert direction_status([0.0])["status"] == "not reproduced"  # a tie is not a win
+    assert direction_status([])["status"] == "not run"
+
+
+def test_ratio_status_relative_tolerance():
+    assert ratio_status(0.4683, 0.497) == "reproduced"  # 0.942: within 15%
+    assert ratio_status(0.8469, 0.767) == "reproduced"  # 1.104
+    assert ratio_status(0.2507, 0.767) == "not reproduced"
+    assert ratio_status(0.90, 0.767) == "not reproduced"  # 1.173
+    assert ratio_status(math.nan, 0.767) == "not run"
+
+
+def test_compression_shape_stable_then_sharp_drop():
+    flat = {0.875: 0.760, 0.75: 0.761, 0.625: 0.7605, 0.5: 0.7610, 0.375: 0.758, 0.25: 0.750}
+    r = compression_shape(flat)
+    assert r["status"] == "reproduced"
+    assert r["drop_50_to_25"] == pytest.approx(0.011) and r["max_step_87_to_50"] == pytest.approx(
+        0.001
+    )
+    shallow = {**flat, 0.25: 0.7605}  # drops 0.0005 < the 0.001 wiggle above 50%
+    assert compression_shape(shallow)["status"] == "not reproduced"
+    rising = {**flat, 0.25: 0.77}
+    assert compression_shape(rising)["status"] == "not reproduced"
+    assert compression_shape({0.5: 0.7})["status"] == "not run"
+
+
+def test_best_at():
+    assert best_at_({1: 0.75, 3: 0.76, 5: 0.755, 10: 0.74}, 3)["status"] == "reproduced"
+    r = best_at_({1: 0.75, 3: 0.74, 5: 0.755, 10: 0.74}, 3)
+    assert r == {"status": "not reproduced", "best": 5}
+    assert best_at_({3: 0.7}, 3)["status"] == "not run"
+
+
+def test_pooled_interval_of_the_mean():
+    p = pooled([1.0, 3.0], [0.0, 2.0], [2.0, 4.0])
+    # half-widths 1 and 1 -> sqrt(2) / 2
+    assert p["mean"] == 2.0 and p["std"] == pytest.approx(math.sqrt(2))
+    assert p["low"] == pytest.approx(2.0 - math.sqrt(2) / 2)
+    assert p["high"] == pytest.approx(2.0 + math.sqrt(2) / 2)
+
+
+def test_same_config_accepts_a_field_added_later_at_its_default():
+    defaults = {"a": 1, "b": 2, "new": 0.5}
+    assert same_config({"a": 1, "b": 2}, {"a": 1, "b": 2, "new": 0.5}, defaults)
+    assert not same_config({"a": 1, "b": 2}, {"a": 1, "b": 2, "new": 0.7}, defaults)
+    assert not same_config({"a": 1, "b": 3}, {"a": 1, "b": 2}, defaults)
+    assert same_config({"m": [1, 2]}, {"m": (1, 2)}, {})  # JSON turns tuples into lists
+    assert not same_config(None, {"a": 1}, defaults)
