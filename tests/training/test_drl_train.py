@@ -91,7 +91,7 @@ def test_double_dqn_target_in_a_step_uses_online_argmax_and_target_value(data):
         for p in tr.student_target.parameters():
             p.add_(0.1 * torch.randn_like(p))
     net, target = tr.model.student, tr.student_target
-    y = tr.model._target(net, target, b, net.encode(b.enc_ids))
+    y = tr.model._target(net, target, b, net.project(net.encode(b.enc_ids)))
     from training.drl.networks import push
 
     def next_q(m):
@@ -153,7 +153,8 @@ def test_gamma_zero_target_is_the_reward(data):
     _, side, req = data
     tr = DRLTrainer(SMALL.with_overrides(gamma=0.0), side)
     b = _batch(tr, req)
-    y = tr.model._target(tr.model.student, tr.student_target, b, tr.model.student.encode(b.enc_ids))
+    st = tr.model.student
+    y = tr.model._target(st, tr.student_target, b, st.project(st.encode(b.enc_ids)))
     torch.testing.assert_close(y, b.reward)
 
 
@@ -265,3 +266,16 @@ def test_interrupted_and_resumed_run_ends_where_an_uninterrupted_one_does(data, 
     assert resumed.step_count == straight.step_count == 6
     for pa, pb in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("gru", [True, False])
+def test_projected_state_equals_the_serving_state(data, gru):
+    _, side, req = data
+    tr = DRLTrainer(SMALL.with_overrides(gru=gru), side)
+    b = _batch(tr, req)
+    net = tr.model.teacher
+    with torch.no_grad():
+        enc = net.encode(b.enc_ids)
+        served = net.state(enc[b.hist_index], b.hist_mask, b.user_ctx)
+        trained = net.state_projected(net.project(enc)[b.hist_index], b.hist_mask, b.user_ctx)
+    torch.testing.assert_close(trained, served, rtol=1e-5, atol=1e-6)

@@ -276,6 +276,35 @@ class StateEncoder(nn.Module):
         """``h_0 = tanh(W_0 Flatten(E(user, context)))``: ``(B, n_user_ctx)`` -> ``(B, H)``."""
         return torch.tanh(self.init(self.embedding(user_ctx_ids, 0).flatten(1)))
 
+    def project(self, enc: torch.Tensor) -> torch.Tensor:
+        """The GRU's input half ``W_ih f + b_ih`` (``(..., E) -> (..., 3H)``), or ``f`` itself
+        without a GRU. Training computes it once per distinct impression of a batch and
+        gathers it into every window that holds the impression (:meth:`from_projected`)."""
+        if not self.cfg.gru:
+            return enc
+        return F.linear(enc, self.gru.weight_ih, self.gru.bias_ih)
+
+    def from_projected(
+        self, proj: torch.Tensor, mask: torch.Tensor, user_ctx_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """``s_t`` from a buffer of :meth:`project` outputs; equals ``forward`` on encodings.
+
+        The GRU step is PyTorch's GRUCell written out: ``r = sigma(i_r + h_r)``,
+        ``z = sigma(i_z + h_z)``, ``n = tanh(i_n + r * h_n)``, ``h' = (1 - z) n + z h``.
+        """
+        if not self.cfg.gru:
+            return self.forward(proj, mask, user_ctx_ids)
+        h = self.initial(user_ctx_ids)
+        w_hh, b_hh = self.gru.weight_hh, self.gru.bias_hh
+        for t in range(proj.shape[1]):
+            i_r, i_z, i_n = proj[:, t].chunk(3, dim=1)
+            h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
+            r = torch.sigmoid(i_r + h_r)
+            z = torch.sigmoid(i_z + h_z)
+            n = torch.tanh(i_n + r * h_n)
+            h = torch.where(mask[:, t, None], (1 - z) * n + z * h, h)
+        return h
+
     def forward(
         self, buffer: torch.Tensor, mask: torch.Tensor, user_ctx_ids: torch.Tensor
     ) -> torch.Tensor:
@@ -353,6 +382,16 @@ class QNetwork(nn.Module):
     ) -> torch.Tensor:
         """``s_t (B, H)``; compute once and reuse it for any number of candidates."""
         return self.state_encoder(buffer, mask, user_ctx_ids)
+
+    def project(self, enc: torch.Tensor) -> torch.Tensor:
+        """See :meth:`StateEncoder.project` (training's shortcut; serving uses ``state``)."""
+        return self.state_encoder.project(enc)
+
+    def state_projected(
+        self, proj: torch.Tensor, mask: torch.Tensor, user_ctx_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """``s_t`` from projected buffer entries; equal to :meth:`state` on the encodings."""
+        return self.state_encoder.from_projected(proj, mask, user_ctx_ids)
 
     def embed_candidates(self, cand_ids: torch.Tensor) -> torch.Tensor:
         """``a_t = Flatten(E(item + list ids))``: ``(B, C, n_cand) -> (B, C, n_cand d_r)``."""

@@ -154,11 +154,12 @@ class DRLRec(nn.Module):
         self, b: Batch, teacher_target: QNetwork, student_target: QNetwork
     ) -> tuple[DistillLosses, dict[str, float]]:
         cfg = self.cfg
-        enc_t = self.teacher.encode(b.enc_ids)  # (U, E): each distinct impression once
-        s_t = self.teacher.state(enc_t[b.hist_index], b.hist_mask, b.user_ctx)
+        # Each distinct impression is encoded and GRU-input-projected once: (U, 3H).
+        enc_t = self.teacher.project(self.teacher.encode(b.enc_ids))
+        s_t = self.teacher.state_projected(enc_t[b.hist_index], b.hist_mask, b.user_ctx)
         q_t, h_t = self.teacher.q_from_state(s_t, b.action[:, None])
-        enc_s = self.student.encode(b.enc_ids)
-        s_s = self.student.state(enc_s[b.hist_index], b.hist_mask, b.user_ctx)
+        enc_s = self.student.project(self.student.encode(b.enc_ids))
+        s_s = self.student.state_projected(enc_s[b.hist_index], b.hist_mask, b.user_ctx)
         q_s, h_s = self.student.q_from_state(s_s, b.action[:, None])
 
         y_t = self._target(self.teacher, teacher_target, b, enc_t)
@@ -214,12 +215,13 @@ class DRLRec(nn.Module):
         if self.cfg.gamma == 0:
             return b.reward
         with torch.no_grad():
-            enc = enc_hist.detach()
+            enc = enc_hist.detach()  # projected encodings, as in forward
             buf, mask = push(enc[b.hist_index], b.hist_mask, enc[b.cur_index])
-            q_on, _ = net.q_from_state(net.state(buf, mask, b.next_user_ctx), b.next_cand)
-            enc_tg = target.encode(b.enc_ids)
+            s_on = net.state_projected(buf, mask, b.next_user_ctx)
+            q_on, _ = net.q_from_state(s_on, b.next_cand)
+            enc_tg = target.project(target.encode(b.enc_ids))
             buf_t, mask_t = push(enc_tg[b.hist_index], b.hist_mask, enc_tg[b.cur_index])
-            s_tg = target.state(buf_t, mask_t, b.next_user_ctx)
+            s_tg = target.state_projected(buf_t, mask_t, b.next_user_ctx)
             q_tg, _ = target.q_from_state(s_tg, b.next_cand)
         return double_dqn_target(b.reward, b.done, self.cfg.gamma, q_on, q_tg, b.next_mask)
 
