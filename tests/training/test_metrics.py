@@ -305,8 +305,9 @@ def test_bootstrap_multiple_arrays_share_indices() -> None:
 
     # if indices were not shared, the pairs (x, x) would be broken and the difference non-zero
     x = rng.normal(size=50)
-    _, lo, hi = bootstrap_ci(lambda a, b: float(np.sum(a - b)), x, x.copy(), n_boot=50,
-                             rng=np.random.default_rng(0))
+    _, lo, hi = bootstrap_ci(
+        lambda a, b: float(np.sum(a - b)), x, x.copy(), n_boot=50, rng=np.random.default_rng(0)
+    )
     assert lo == 0.0 and hi == 0.0
 
 
@@ -324,8 +325,9 @@ def test_bootstrap_groups_resample_whole_groups() -> None:
         seen_sizes.append(int(v.shape[0]))
         return float(v.mean())
 
-    point, low, high = bootstrap_ci(stat, values, n_boot=200, rng=np.random.default_rng(1),
-                                    groups=groups)
+    point, low, high = bootstrap_ci(
+        stat, values, n_boot=200, rng=np.random.default_rng(1), groups=groups
+    )
     assert point == pytest.approx(0.75)
     boot_means = seen_means[1:]  # first call is the point estimate
     boot_sizes = seen_sizes[1:]

@@ -137,7 +137,12 @@ def aggregate(summaries: Sequence[Mapping[str, Any]], cfg: EvalConfig) -> dict[s
         row["n_test"] = [s["models"][m]["offline"]["n_test"] for s in summaries]
         offline[m] = row
     # ---- online ----
-    arms = [r["arm"] for r in summaries[0]["online"]["summary"] if r["metric"] == "clicks_per_user"]
+    found = [
+        r["arm"] for r in summaries[0]["online"]["summary"] if r["metric"] == "clicks_per_user"
+    ]
+    # A fixed order (references, models, stochastic arms), whatever order the JSON kept.
+    canon = [*REFERENCE_ARMS, *models, *(f"{m}@T" for m in cfg.ncis_models)]
+    arms = [a for a in canon if a in found] + sorted(a for a in found if a not in canon)
     online: dict[str, dict[str, Any]] = {a: {} for a in arms}
     for a in arms:
         for metric in ONLINE_METRICS:
@@ -286,8 +291,8 @@ def _pm(ms: tuple[float, float], d: int = 4) -> str:
 
 
 def _mmss(sec: float) -> str:
-    sec = float(sec)
-    return f"{int(sec // 60)}:{int(round(sec % 60)):02d}" if sec >= 60 else f"{sec:.0f} s"
+    s = int(round(float(sec)))
+    return f"{s // 60}:{s % 60:02d}" if s >= 60 else f"{s} s"
 
 
 def _verdict(ok: bool) -> str:
@@ -402,9 +407,11 @@ def _timing_section(w: Callable[[str], None], agg: Mapping[str, Any], wall: floa
     w("| all | " + " | ".join(_mmss(sum(t[s] for t in tm)) for s in stages)
       + f" | **{_mmss(total)}** |")  # fmt: skip
     w("")
+    w(f"The stage times sum to **{_mmss(total)}**: the time to build this report from nothing "
+      "(dataset generation included), each stage timed in the run that computed it.")  # fmt: skip
     if wall is not None:
-        w(f"Wall clock of the command that wrote this report: **{_mmss(wall)}** "
-          f"(stages found finished in the run folders are loaded, not recomputed).")  # fmt: skip
+        w(f"Wall clock of the command that wrote this file: {_mmss(wall)} (stages found "
+          "finished in the run folders are loaded, not recomputed).")  # fmt: skip
 
 
 def _sanity_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: EvalConfig) -> None:
@@ -633,7 +640,7 @@ def _plots(agg: Mapping[str, Any], cfg: EvalConfig, out: Path) -> dict[str, str]
     for xi, m, s_ in zip(x, m_auc, s_auc, strict=True):
         ax.text(xi, m + s_, f"{m:.4f}", ha="center", va="bottom", fontsize=7)
     lo = max(0.5, float(np.nanmin(m_auc - s_auc)) - 0.01)
-    hi = float(np.nanmax(m_auc + s_auc)) + 0.006
+    hi = float(np.nanmax(m_auc + s_auc)) + 0.012
     ax.set_ylim(lo, hi)
     ax.set_xticks(x, models, rotation=30, ha="right")
     ax.set_ylabel("test click AUC (mean ± std over seeds)")
