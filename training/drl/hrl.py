@@ -49,7 +49,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,7 @@ from training.data.pipeline import Dataset
 from training.drl.batches import Batch, history, make_batch
 from training.drl.losses import double_dqn_target, td_loss
 from training.drl.networks import ActorCritic, QNetConfig, push
-from training.drl.train import soft_update, stream_rng, train
+from training.drl.train import Checkpointed, soft_update, stream_rng, train
 
 __all__ = [
     "HRLConfig",
@@ -177,7 +176,7 @@ def actor_loss(net: ActorCritic, s: torch.Tensor) -> torch.Tensor:
     return -q.mean()
 
 
-class HRLTrainer:
+class HRLTrainer(Checkpointed):
     """The actor-critic, its target copy, two optimisers, the RNG and the step counter."""
 
     def __init__(self, cfg: HRLConfig, side: SideTables, device: str = "cpu"):
@@ -234,37 +233,13 @@ class HRLTrainer:
             "charts/grad_norm_actor": float(gn_a),
         }
 
-    # ---- checkpoints (the layout of DRLTrainer's) ----
-    def state_dict(self) -> dict[str, Any]:
+    def _stateful(self) -> dict[str, Any]:
         return {
-            "cfg": dataclasses.asdict(self.cfg),
-            "net": self.net.state_dict(),
-            "target": self.target.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
-            "actor_opt": self.actor_opt.state_dict(),
-            "rng": self.rng.bit_generator.state,
-            "step": self.step_count,
-            "instances": self.instances,
+            "net": self.net,
+            "target": self.target,
+            "critic_opt": self.critic_opt,
+            "actor_opt": self.actor_opt,
         }
-
-    def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.net.load_state_dict(sd["net"])
-        self.target.load_state_dict(sd["target"])
-        self.critic_opt.load_state_dict(sd["critic_opt"])
-        self.actor_opt.load_state_dict(sd["actor_opt"])
-        self.rng.bit_generator.state = sd["rng"]
-        self.step_count = int(sd["step"])
-        self.instances = int(sd["instances"])
-
-    def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-
-    def load(self, path: str | Path) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
 
 
 def train_hrl(

@@ -258,7 +258,48 @@ def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
             pt.lerp_(p, tau)
 
 
-class DRLTrainer:
+class Checkpointed:
+    """Checkpoints of a trainer: its named stateful parts (``_stateful``), the config, the
+    data stream's RNG and the counters, saved atomically (temporary name, then rename)."""
+
+    cfg: Any
+    rng: np.random.Generator
+    step_count: int
+    instances: int
+    device: torch.device
+
+    def _stateful(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = {name: part.state_dict() for name, part in self._stateful().items()}
+        sd.update(
+            cfg=dataclasses.asdict(self.cfg),
+            rng=self.rng.bit_generator.state,
+            step=self.step_count,
+            instances=self.instances,
+        )
+        return sd
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        for name, part in self._stateful().items():
+            part.load_state_dict(sd[name])
+        self.rng.bit_generator.state = sd["rng"]
+        self.step_count = int(sd["step"])
+        self.instances = int(sd["instances"])
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: str | Path) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+
+
+class DRLTrainer(Checkpointed):
     """Optimiser, target networks, RNG and step counter around :class:`DRLRec`."""
 
     def __init__(self, cfg: DRLConfig, side: SideTables, device: str = "cpu"):
@@ -305,37 +346,13 @@ class DRLTrainer:
         self.instances += int(b.reward.shape[0])
         return {**losses.metrics(), **info, "charts/grad_norm": float(gn)}
 
-    # ---- checkpoints ----
-    def state_dict(self) -> dict[str, Any]:
+    def _stateful(self) -> dict[str, Any]:
         return {
-            "cfg": dataclasses.asdict(self.cfg),
-            "model": self.model.state_dict(),
-            "teacher_target": self.teacher_target.state_dict(),
-            "student_target": self.student_target.state_dict(),
-            "opt": self.opt.state_dict(),
-            "rng": self.rng.bit_generator.state,
-            "step": self.step_count,
-            "instances": self.instances,
+            "model": self.model,
+            "teacher_target": self.teacher_target,
+            "student_target": self.student_target,
+            "opt": self.opt,
         }
-
-    def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.model.load_state_dict(sd["model"])
-        self.teacher_target.load_state_dict(sd["teacher_target"])
-        self.student_target.load_state_dict(sd["student_target"])
-        self.opt.load_state_dict(sd["opt"])
-        self.rng.bit_generator.state = sd["rng"]
-        self.step_count = int(sd["step"])
-        self.instances = int(sd["instances"])
-
-    def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-
-    def load(self, path: str | Path) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
 
 
 def iter_training_batches(
