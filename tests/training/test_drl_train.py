@@ -13,12 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.data.features import SideTables, build_requests
-from training.data.pipeline import Dataset
 from training.drl.batches import make_batch, request_order
 from training.drl.train import DRLConfig, DRLTrainer
-from training.sim.config import preset
-from training.sim.generate import generate_dataset
 
 SMALL = DRLConfig(
     n_explore=60, batch_size=64, d_r=8, gru_hidden=16, mlp=(32, 16, 8), sessions_per_chunk=64
@@ -34,21 +30,11 @@ def _spread(tr: DRLTrainer) -> DRLTrainer:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("drl") / "tiny"
-    generate_dataset(preset("tiny"), out, progress=False)
-    ds = Dataset.open(out)
-    side = SideTables.from_tables(ds.users(), ds.items())
-    req = build_requests(ds.read("train"), side)
-    return ds, side, req
+def data(tiny_data):
+    return tiny_data
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(trainer: DRLTrainer, req, n: int = 64, seed: int = 0):

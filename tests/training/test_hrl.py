@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from training.data.features import SideTables, build_requests
-from training.data.pipeline import Dataset
 from training.drl.batches import request_order
 from training.drl.hrl import (
     HRLConfig,
@@ -20,8 +18,6 @@ from training.drl.hrl import (
     train_hrl,
 )
 from training.drl.networks import push
-from training.sim.config import preset
-from training.sim.generate import generate_dataset
 
 SMALL = HRLConfig(
     batch_size=64, d_r=8, gru_hidden=16, mlp=(32, 16, 8), actor_hidden=(16,), sessions_per_chunk=64
@@ -29,21 +25,11 @@ SMALL = HRLConfig(
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("hrl") / "tiny"
-    generate_dataset(preset("tiny"), out, progress=False)
-    ds = Dataset.open(out)
-    side = SideTables.from_tables(ds.users(), ds.items())
-    req = build_requests(ds.read("train"), side)
-    return ds, side, req
+def data(tiny_data):
+    return tiny_data
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(tr: HRLTrainer, req, n: int = 64, seed: int = 0):
