@@ -42,6 +42,19 @@ def test_double_dqn_target_uses_online_argmax_and_target_value():
     assert not y.requires_grad
 
 
+def test_double_dqn_target_takes_a_discount_per_instance():
+    # Per-request discount: 1 to the same request's next slot, gamma 0.4 to the next request.
+    reward = torch.tensor([1.0, 0.0, 2.0])
+    done = torch.tensor([False, False, True])
+    q = torch.tensor([[1.0, 3.0], [2.0, 1.0], [4.0, 4.0]])
+    mask = torch.ones(3, 2, dtype=torch.bool)
+    gamma = torch.tensor([1.0, 0.4, 0.4])
+    y = double_dqn_target(reward, done, gamma, q, q + 10.0, mask)
+    torch.testing.assert_close(y, torch.tensor([1.0 + 13.0, 0.4 * 12.0, 2.0]))
+    with pytest.raises(ValueError, match="gamma"):
+        double_dqn_target(reward, done, gamma[:2], q, q, mask)
+
+
 def test_double_dqn_target_ignores_non_finite_values_of_padded_rows():
     q = torch.tensor([[float("inf"), float("nan")]])
     y = double_dqn_target(

@@ -31,7 +31,19 @@ from training.sim.config import ConfigError
 
 # One training step per run (4096 * 1/16 = 256 = one batch), small samples everywhere.
 SCALE = 1 / 16
-ONLY = ["main", "no_hint", "compression0.25", "hrl", "fm", "afn", "control", "online", "cost"]
+ONLY = [
+    "main",
+    "no_hint",
+    "compression0.25",
+    "hrl",
+    "fm",
+    "afn",
+    "control",
+    "online",
+    "cost",
+    "tau",
+    "horizon",
+]
 BUDGET = {
     "test_impressions": "1500",
     "online_users": "30",
@@ -77,7 +89,8 @@ def test_report_has_every_table_and_plot(tiny_report):
     text = (out / "report.md").read_text()
     for heading in ("## Claims of the paper", "## Table 2 analogue", "## Table 4 analogue",
                     "## Fig. 4 analogues", "## Table 3 analogue", "## Negative control",
-                    "## Timing", "## Configuration"):  # fmt: skip
+                    "## Timing", "## Configuration", "## Variants beyond the paper",
+                    "### The list-wise KL at tau = 1", "### Discounting per request"):  # fmt: skip
         assert heading in text, heading
     for png in ("ablations.png", "fig4a_compression.png", "fig4b_filtered.png"):
         data = (out / png).read_bytes()
@@ -101,6 +114,15 @@ def test_summary_numbers_are_consistent(tiny_report):
     assert statuses["cost:macs_per_request"] == "not reproduced"  # ~25%: width squared
     assert s["control"]["student"]["per_seed"] and s["online"]["arms"]["student"]["acn"]["mean"] > 0
     assert s["cost"]["student_over_teacher"]["parameters"] == pytest.approx(0.468, abs=0.01)
+    # The variants: tau = 1 against no KL (not run here: no interval), the per-request discount
+    # online on both worlds, its control a claim row.
+    assert 0.0 < s["tau"]["student"][0] < 1.0 and s["tau"]["vs_no_kl"] is None
+    hz = s["horizon"]
+    assert set(hz["base"]["acn"]) == {"logging", "student_slot", "student_request0.4",
+                                      "student_request0", "teacher_request0.4",
+                                      "teacher_request0"}  # fmt: skip
+    assert "request_vs_slot" in hz["base"] and "holds" in hz["control"]["student"]
+    assert statuses["control:request"] in ("holds", "violated")
 
 
 def test_run_folders_hold_train_json_and_scores(tiny_report):
@@ -120,7 +142,7 @@ def test_rerun_skips_finished_runs(tiny_report):
     log: list[str] = []
     _run(tiny_report, log.append)
     skipped = [line for line in log if "finished earlier, skipped" in line]
-    assert len(skipped) == len(before) == 8
+    assert len(skipped) == len(before) == 13
     assert not any(": train (" in line for line in log)
     assert {p: p.stat().st_mtime_ns for p in seed.glob("*/train.json")} == before
 
@@ -159,6 +181,15 @@ def test_plan_runs_sweeps_on_the_first_seeds_and_reuses_the_base_point():
     assert sweep_run_name(cfg, "n_explore", 100) == "drl"
     assert sweep_run_name(cfg, "n_explore", 1000) == "n_explore1000" in sweeps0
     assert all(r.world == "long_term_off" for r in plan[1] if r.group == "control")
+    # The variants on every seed: tau = 1, and the per-request discount on both worlds.
+    horizon = {r.name: (r.world, dict(r.drl)) for r in plan[1] if r.group == "horizon"}
+    assert horizon == {
+        "request_gamma0.4": ("base", {"discount": "request", "gamma": 0.4}),
+        "request_gamma0": ("base", {"discount": "request", "gamma": 0.0}),
+        "control_request_gamma0.4": ("long_term_off", {"discount": "request", "gamma": 0.4}),
+        "control_request_gamma0": ("long_term_off", {"discount": "request", "gamma": 0.0}),
+    }
+    assert [dict(r.drl) for r in plan[1] if r.group == "tau"] == [{"temperature": 1.0}]
 
 
 def test_train_prefix_takes_the_budget_from_the_start_of_the_stream(tmp_path):

@@ -144,6 +144,27 @@ def test_gamma_zero_target_is_the_reward(data):
     torch.testing.assert_close(y, b.reward)
 
 
+def test_per_request_discount_is_one_within_a_request_and_gamma_at_its_end(data):
+    _, side, req = data
+    slot = DRLTrainer(SMALL, side)
+    b = _batch(slot, req, n=256)
+    assert b.same_request.any() and (~b.same_request & ~b.done).any()
+    st, tg = slot.model.student, slot.student_target
+    enc = st.project(st.encode(b.enc_ids))
+    y_slot = slot.model._target(st, tg, b, enc)
+    boot = (y_slot - b.reward) / SMALL.gamma  # the bootstrapped value, 0 where terminal
+    for gamma in (0.4, 0.0):
+        cfg = SMALL.with_overrides(discount="request", gamma=gamma)
+        tr = DRLTrainer(cfg, side)
+        tr.model.load_state_dict(slot.model.state_dict())
+        tr.student_target.load_state_dict(tg.state_dict())
+        y = tr.model._target(tr.model.student, tr.student_target, b, enc)
+        expect = b.reward + torch.where(b.same_request, 1.0, gamma) * boot
+        torch.testing.assert_close(y, expect)
+    with pytest.raises(ValueError, match="discount"):
+        SMALL.with_overrides(discount="session")
+
+
 @pytest.mark.parametrize("switch", ["gru", "self_attention"])
 def test_network_ablations_replace_the_module(data, switch):
     _, side, req = data

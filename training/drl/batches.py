@@ -36,6 +36,7 @@ class Batch:
     action: torch.Tensor  # (B, 12) item + list ids of the shown item
     reward: torch.Tensor  # (B,) float
     done: torch.Tensor  # (B,) bool
+    same_request: torch.Tensor  # (B,) bool: the next state is the same request's next slot
     next_user_ctx: torch.Tensor  # (B, 10)
     next_cand: torch.Tensor  # (B, C, 12)
     next_mask: torch.Tensor  # (B, C) bool
@@ -129,6 +130,7 @@ def make_batch(
         action=lt(req.imp_ids[g, req.user_ctx.shape[1] :]),
         reward=torch.from_numpy(rew.astype(np.float32)),
         done=torch.from_numpy(done),
+        same_request=torch.from_numpy(same),
         next_user_ctx=lt(req.user_ctx[nr]),
         next_cand=lt(next_cand),
         next_mask=torch.from_numpy(next_mask),

@@ -40,7 +40,7 @@ __all__ = [
 def double_dqn_target(
     reward: torch.Tensor,
     done: torch.Tensor,
-    gamma: float,
+    gamma: float | torch.Tensor,
     q_next_online: torch.Tensor,
     q_next_target: torch.Tensor,
     next_mask: torch.Tensor,
@@ -50,7 +50,8 @@ def double_dqn_target(
     Args:
         reward: ``(B,)`` reward ``r_t`` (clicks at the slot).
         done: ``(B,)`` bool, true after the last slot of the session's last request.
-        gamma: discount.
+        gamma: discount: a number, or a ``(B,)`` tensor of per-instance discounts (the
+            per-request discount variant: 1 within a request, gamma at its end).
         q_next_online: ``(B, C)`` online-network Q values of the next state's candidates; it
             picks the action.
         q_next_target: ``(B, C)`` target-network Q values of the same candidates; it values
@@ -71,6 +72,8 @@ def double_dqn_target(
             f"reward {tuple(reward.shape)} and done {tuple(done.shape)} must be "
             f"({q_next_online.shape[0]},)"
         )
+    if isinstance(gamma, torch.Tensor) and gamma.shape != reward.shape:
+        raise ValueError(f"gamma {tuple(gamma.shape)} must be a number or {tuple(reward.shape)}")
     with torch.no_grad():
         masked = q_next_online.masked_fill(~next_mask, float("-inf"))
         best = masked.argmax(dim=1, keepdim=True)

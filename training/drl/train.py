@@ -68,6 +68,13 @@ class DRLConfig:
 
     gamma: float = 0.4
     """Discount; 0 is the "future rewards" ablation."""
+    discount: str = "slot"
+    """Where ``gamma`` applies. ``slot`` (METHODS.md, the paper): at every step of the
+    list-wise MDP, so a reward one request (list_size slots) ahead weighs gamma**list_size.
+    ``request``: a documented variant, not the paper's: steps between slots of one request are
+    undiscounted and gamma applies where the next state is the session's next request, so
+    Q(s_t, a) values the rest of the list plus gamma times the next request's value (the
+    horizon the world's cross-request mechanisms act on)."""
     compression: float = 0.5
     """Student size / teacher size for every width (paper Fig. 4a sweeps 0.875..0.25)."""
     n_explore: int = 1000
@@ -129,6 +136,10 @@ class DRLConfig:
             gru=self.gru,
             self_attention=self.self_attention,
         )
+
+    def __post_init__(self) -> None:
+        if self.discount not in ("slot", "request"):
+            raise ValueError(f"DRL config: discount={self.discount!r}: 'slot' or 'request'")
 
     def student_net(self) -> QNetConfig:
         return self.teacher_net().scaled(self.compression)
@@ -212,7 +223,8 @@ class DRLRec(nn.Module):
         self, net: QNetwork, target: QNetwork, b: Batch, enc_hist: torch.Tensor
     ) -> torch.Tensor:
         """Double-DQN target: the online net picks the next action, the target net values it."""
-        if self.cfg.gamma == 0:
+        per_request = self.cfg.discount == "request"
+        if self.cfg.gamma == 0 and not per_request:
             return b.reward
         with torch.no_grad():
             enc = enc_hist.detach()  # projected encodings, as in forward
@@ -223,7 +235,10 @@ class DRLRec(nn.Module):
             buf_t, mask_t = push(enc_tg[b.hist_index], b.hist_mask, enc_tg[b.cur_index])
             s_tg = target.state_projected(buf_t, mask_t, b.next_user_ctx)
             q_tg, _ = target.q_from_state(s_tg, b.next_cand)
-        return double_dqn_target(b.reward, b.done, self.cfg.gamma, q_on, q_tg, b.next_mask)
+        gamma: float | torch.Tensor = self.cfg.gamma
+        if per_request:
+            gamma = torch.where(b.same_request, 1.0, self.cfg.gamma).to(b.reward.dtype)
+        return double_dqn_target(b.reward, b.done, gamma, q_on, q_tg, b.next_mask)
 
     @torch.no_grad()
     def _filter(
