@@ -96,6 +96,7 @@ def test_report_has_every_table_and_plot(tiny_report):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
     assert "| DRL-Rec (student) | 0." in text and "| FM | 0." in text
+    assert "| *Ceiling: the world's own click probability* | 0." in text
     assert "| Wide&Deep | n/a |" in text  # not run: shown as missing, not invented
 
 
@@ -123,6 +124,11 @@ def test_summary_numbers_are_consistent(tiny_report):
                                       "teacher_request0"}  # fmt: skip
     assert "request_vs_slot" in hz["base"] and "holds" in hz["control"]["student"]
     assert statuses["control:request"] in ("holds", "violated")
+    # The click-AUC ceiling: the replay reproduces the test sample, no model beats it here.
+    ce = s["ceiling"]
+    assert ce["replay_matches_log"] and 0.5 < ce["auc"][0] < 1.0
+    assert {"fm", "student"} <= set(ce["captured"])  # (AUC - 0.5) / (ceiling - 0.5) per model
+    assert all(math.isfinite(v[0]) and v[0] < 1.0 for v in ce["captured"].values())
 
 
 def test_run_folders_hold_train_json_and_scores(tiny_report):

@@ -158,6 +158,7 @@ GROUPS = (
     "cost",
     "tau",
     "horizon",
+    "ceiling",
 )
 #: The KL-temperature variant (the smallest tau of the paper's grid {1, 2, 3, 5, 10, 20}): a
 #: diagnostic of the KL ablation, not a choice of the headline config (that stays tau = 10).
@@ -797,6 +798,36 @@ def _online(
     return out
 
 
+def _ceiling(ctx: _Seed, path: Path) -> dict[str, Any]:
+    """Click-AUC ceiling of the base world's test sample (training/eval/ceiling.py): the
+    logging policy replayed for the sample's users, the world's click probabilities scored."""
+    from training.eval.baselines_run import split_days
+    from training.eval.ceiling import click_ceiling
+
+    req = ctx.test("base")
+    users = np.unique(req.user_id)
+    want = {"eval_sample": ctx.eval_key, "users": int(users.size)}
+    if path.exists():
+        have = _read_json(path)
+        if have.get("want") == want:
+            return have
+    ds, _, _ = ctx.dataset("base")
+    t0 = time.perf_counter()
+    c = click_ceiling(world_config(ctx.cfg, ctx.seed, "base"), users, split_days(ds, "test"))
+    y = req.label("click")
+    out = {"want": want, "auc": c.auc, "impressions": c.n_impressions,
+           "clicks": int(c.click.sum()), "mean_p_click": float(c.p_click.mean()),
+           "sample_impressions": int(req.n_impressions), "sample_clicks": int(y.sum()),
+           "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
+    out["replay_matches_log"] = bool(
+        out["impressions"] == out["sample_impressions"] and out["clicks"] == out["sample_clicks"]
+    )
+    _write_json(path, out)
+    ctx.log(f"click-AUC ceiling {c.auc:.4f} on {c.n_impressions:,} impressions (replay matches "
+            f"the log: {out['replay_matches_log']}, {out['seconds']:.0f} s)")  # fmt: skip
+    return out
+
+
 def _row(online: Mapping[str, Any], arm: str, baseline: str, metric: str) -> dict[str, Any]:
     return next(r for r in online["rows"][baseline] if r["arm"] == arm and r["metric"] == metric)
 
@@ -892,6 +923,8 @@ def run_seed(
                 "teacher_gamma0.4": ("control_gamma0.4", "teacher"),
                 "teacher_gamma0": ("control_gamma0", "teacher")}  # fmt: skip
         _online(ctx, "long_term_off", arms, root / "control_online.json")
+    if _selected(only, "main", "ceiling"):
+        _ceiling(ctx, root / "ceiling.json")
     if _selected(only, "horizon"):
         req = {f"{who}_request{g:g}": (f"request_gamma{g:g}", who)
                for who in ("student", "teacher") for g in HORIZON_GAMMAS}  # fmt: skip
@@ -1033,6 +1066,7 @@ def _collect(root: Path, seeds: Sequence[int], plan: Mapping[int, list[RunSpec]]
         for key, fname in (("online", "online.json"), ("control", "control_online.json"),
                            ("horizon", "horizon_online.json"),
                            ("horizon_control", "horizon_control_online.json"),
+                           ("ceiling", "ceiling.json"),
                            ("datasets", "datasets.json")):  # fmt: skip
             p = d / fname
             entry[key] = _read_json(p) if p.exists() else None
@@ -1115,6 +1149,12 @@ def aggregate(
         t2_aucs[key] = auc_of(run, which)
     hrl_critic = auc_of("hrl", "critic")
     table2 = relaimpr_columns(t2_aucs)
+    ceil = {s: float(col[s]["ceiling"]["auc"]) for s in seeds if col[s]["ceiling"]}
+    ceiling = {"auc": mean_std(list(ceil.values())), "per_seed": ceil,
+               "replay_matches_log": all(col[s]["ceiling"]["replay_matches_log"] for s in ceil),
+               # share of the ceiling's lift over chance each model reaches, per seed then mean
+               "captured": {k: mean_std([(v[s] - 0.5) / (ceil[s] - 0.5) for s in v if s in ceil])
+                            for k, v in t2_aucs.items() if any(s in ceil for s in v)}}  # fmt: skip
     # ---- Table 4 ----
     t4_aucs = {"drl": auc_of("drl", "student")}
     t4_teacher = {"drl": auc_of("drl", "teacher")}
@@ -1254,6 +1294,7 @@ def aggregate(
         "collected": col,
         "table2": table2,
         "table2_paper": PAPER["table2"],
+        "ceiling": ceiling,
         "hrl_critic_auc": mean_std(list(hrl_critic.values())),
         "table4": table4,
         "table4_paper": PAPER["table4"],
@@ -1611,7 +1652,28 @@ def _table2_section(w: Callable[[str], None], agg: Mapping[str, Any]) -> None:
             f"| {title} | {_pm(r['auc'])} | {_f(ri[0], 2)}% ± {_f(ri[1], 2)} | {p[0]:.4f} | "
             f"{p[1]:.2f}% | {len(r['seeds'])} |"
         )
+    ce = agg.get("ceiling") or {}
+    if ce.get("per_seed"):
+        w(
+            f"| *Ceiling: the world's own click probability* | {_pm(ce['auc'])} | | | | "
+            f"{len(ce['per_seed'])} |"
+        )
     w("")
+    if ce.get("per_seed"):
+        cap = ce["captured"]
+        best = max(cap, key=lambda k: cap[k][0]) if cap else None
+        w(
+            "The ceiling row is no model: it scores each test impression by its true click "
+            "probability, recomputed by replaying the logging policy for the sample's users "
+            "(training/eval/ceiling.py; the replay reproduces the logged impressions and clicks "
+            f"exactly: {'yes' if ce['replay_matches_log'] else '**no**'}). No model can beat it "
+            "in expectation. Share of the ceiling's lift over chance, (AUC - 0.5) / (ceiling - "
+            "0.5): "
+            + ", ".join(f"{k} {cap[k][0]:.1%}" for k in ("fm", "wide_deep", "teacher", "student")
+                        if k in cap)
+            + (f"; the best is {best} ({cap[best][0]:.1%})." if best else ".")
+        )  # fmt: skip
+        w("")
     c = agg["hrl_critic_auc"]
     if not math.isnan(c[0]):
         w(
