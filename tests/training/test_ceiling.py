@@ -41,3 +41,22 @@ def test_bad_users_and_days_are_refused():
         click_ceiling(cfg, np.array([0]), [cfg.n_days])
     with pytest.raises(ValueError, match="not in the world"):
         click_ceiling(cfg, np.array([-12345]), [0])
+
+
+def test_first_slates_score_what_each_policy_places():
+    from training.eval.ceiling import first_slates
+    from training.eval.online import OraclePolicy, RandomPolicy
+    from training.sim.logging_policy import LoggingPolicy
+    from training.sim.world import build_world
+
+    world = build_world(preset("tiny"))
+    pols = {"random": RandomPolicy(0), "logging": LoggingPolicy(world),
+            "oracle": OraclePolicy(reward="click")}  # fmt: skip
+    t = first_slates(world, pols, np.arange(world.n_users), day=1, k=10)
+    assert len({r["requests"] for r in t.values()}) == 1 and t["random"]["requests"] > 50
+    # The click oracle places the likeliest clicks; the logging policy beats random.
+    assert t["oracle"]["p_click"] > t["logging"]["p_click"] > t["random"]["p_click"]
+    for r in t.values():
+        assert 0.0 < r["p_click"] < 1.0 and 0.0 <= r["clickbait"] <= 1.0
+    with pytest.raises(ValueError, match="no policies"):
+        first_slates(world, {}, np.arange(3), day=1, k=10)

@@ -127,6 +127,12 @@ def test_summary_numbers_are_consistent(tiny_report):
     # The click-AUC ceiling: the replay reproduces the test sample, no model beats it here.
     ce = s["ceiling"]
     assert ce["replay_matches_log"] and 0.5 < ce["auc"][0] < 1.0
+    # What the policies place, by the truth: every policy scored on the same requests.
+    st = s["slate_truth"]["rows"]
+    want = {"logging", "random", "click_oracle", "long_term_oracle", "teacher", "student"}
+    assert want <= set(st)
+    assert st["click_oracle"]["p_click"][0] > st["random"]["p_click"][0]
+    assert "### What the policies place" in (tiny_report["out"] / "report.md").read_text()
     assert {"fm", "student"} <= set(ce["captured"])  # (AUC - 0.5) / (ceiling - 0.5) per model
     assert all(math.isfinite(v[0]) and v[0] < 1.0 for v in ce["captured"].values())
 

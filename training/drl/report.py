@@ -828,6 +828,56 @@ def _ceiling(ctx: _Seed, path: Path) -> dict[str, Any]:
     return out
 
 
+#: Policies of the slate-truth diagnostic: name -> (run, network) for Q networks.
+TRUTH_Q_ARMS = {"teacher": ("drl", "teacher"), "student": ("drl", "student"),
+                "student_gamma0": ("gamma0", "student"),
+                "student_request0.4": ("request_gamma0.4", "student")}  # fmt: skip
+#: Users (of the online population) whose first list of the test day the diagnostic scores.
+TRUTH_USERS = 3000
+
+
+def _slate_truth(ctx: _Seed, path: Path) -> dict[str, Any] | None:
+    """What each policy puts in the first list of a session, by the world's truth (click
+    probability, satisfaction logit, clickbait share): why greedy Q policies lose online."""
+    from training.eval.baselines_run import ORACLE_LT_REWARD, split_days
+    from training.eval.ceiling import first_slates
+    from training.eval.online import OraclePolicy, RandomPolicy
+    from training.eval.policies import QPolicy
+    from training.sim.logging_policy import LoggingPolicy
+    from training.sim.world import build_world
+
+    present = {a: v for a, v in TRUTH_Q_ARMS.items()
+               if (ctx.root / v[0] / "train.json").exists()}  # fmt: skip
+    if "student" not in present:
+        return None
+    want = {"arms": sorted(present), "users": TRUTH_USERS, "online_users": ctx.cfg.online_users}
+    if path.exists():
+        have = _read_json(path)
+        if have.get("want") == want:
+            return have
+    ds, side, _ = ctx.dataset("base")
+    world = build_world(world_config(ctx.cfg, ctx.seed, "base"))
+    rng = np.random.default_rng([ctx.seed, _ONLINE_STREAM])
+    n, k = world.n_users, ctx.cfg.online_users
+    users = np.sort(rng.choice(n, size=k, replace=False)) if 0 < k < n else np.arange(n)
+    users = users[:TRUTH_USERS]
+    pols: dict[str, Any] = {"logging": LoggingPolicy(world), "random": RandomPolicy(ctx.seed),
+                            "click_oracle": OraclePolicy(reward="click"),
+                            "long_term_oracle": OraclePolicy(reward=ORACLE_LT_REWARD)}  # fmt: skip
+    for arm, (run_name, which) in present.items():
+        cfg = drl_config_from(_read_json(ctx.root / run_name / "train.json")["config"])
+        tr = _drl_nets(ctx.root / run_name, cfg, side, "cpu")
+        pols[arm] = QPolicy(tr.model.teacher if which == "teacher" else tr.model.student, side)
+    t0 = time.perf_counter()
+    day = split_days(ds, "test")[0]
+    rows = first_slates(world, pols, users, day, world.cfg.list_size)
+    out = {"want": want, "day": day, "rows": rows, "seconds": round(time.perf_counter() - t0, 2)}
+    _write_json(path, out)
+    ctx.log(f"slate truth: {len(rows)} policies, {rows['logging']['requests']} requests "
+            f"({out['seconds']:.0f} s)")  # fmt: skip
+    return out
+
+
 def _row(online: Mapping[str, Any], arm: str, baseline: str, metric: str) -> dict[str, Any]:
     return next(r for r in online["rows"][baseline] if r["arm"] == arm and r["metric"] == metric)
 
@@ -925,6 +975,8 @@ def run_seed(
         _online(ctx, "long_term_off", arms, root / "control_online.json")
     if _selected(only, "main", "ceiling"):
         _ceiling(ctx, root / "ceiling.json")
+    if _selected(only, "online"):
+        _slate_truth(ctx, root / "slate_truth.json")
     if _selected(only, "horizon"):
         req = {f"{who}_request{g:g}": (f"request_gamma{g:g}", who)
                for who in ("student", "teacher") for g in HORIZON_GAMMAS}  # fmt: skip
@@ -1067,6 +1119,7 @@ def _collect(root: Path, seeds: Sequence[int], plan: Mapping[int, list[RunSpec]]
                            ("horizon", "horizon_online.json"),
                            ("horizon_control", "horizon_control_online.json"),
                            ("ceiling", "ceiling.json"),
+                           ("slate_truth", "slate_truth.json"),
                            ("datasets", "datasets.json")):  # fmt: skip
             p = d / fname
             entry[key] = _read_json(p) if p.exists() else None
@@ -1307,6 +1360,7 @@ def aggregate(
         "control": control,
         "tau": tau,
         "horizon": horizon,
+        "slate_truth": _slate_truth_table(seeds, col),
         "cost": cost,
         "gaps": gaps,
         "timing": _timing(seeds, col, plan),
@@ -1430,6 +1484,18 @@ def _horizon_table(seeds: Sequence[int], col: Mapping[int, Any]) -> dict[str, An
             t["request0_vs_slot0"] = _rel(on, have, "student_request0", "student_slot_gamma0")
         out["base" if key == "horizon" else "control"] = t
     return out
+
+
+def _slate_truth_table(seeds: Sequence[int], col: Mapping[int, Any]) -> dict[str, Any] | None:
+    """Mean ± std over seeds of each policy's slate truth (policies every seed has)."""
+    have = [s for s in seeds if col[s]["slate_truth"]]
+    if not have:
+        return None
+    rows = [col[s]["slate_truth"]["rows"] for s in have]
+    arms = [a for a in rows[0] if all(a in r for r in rows)]
+    return {"seeds": have, "requests": [r["logging"]["requests"] for r in rows],
+            "rows": {a: {m: mean_std([r[a][m] for r in rows]) for m in
+                         ("p_click", "satisfaction", "clickbait")} for a in arms}}  # fmt: skip
 
 
 def _timing(seeds: Sequence[int], col: Mapping[int, Any], plan: Mapping[int, list]) -> dict:
@@ -1580,6 +1646,7 @@ def build_report(
     _table4_section(w, agg, plots)
     _fig4_section(w, agg, cfg, plots)
     _table3_section(w, agg, cfg)
+    _slate_truth_section(w, agg)
     _control_section(w, agg, cfg)
     _variants_section(w, agg, cfg)
     _gap_section(w, agg)
@@ -1795,6 +1862,30 @@ def _variants_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: Rep
             for a, r in t["acn"].items():
                 w(f"| {a} | {_ci(r, 3).replace('+', '')} | {_ci(t['vs_logging'][a], 2, True)} |")
             w("")
+
+
+def _slate_truth_section(w: Callable[[str], None], agg: Mapping[str, Any]) -> None:
+    t = agg.get("slate_truth")
+    if not t:
+        return
+    w("### What the policies place: the first list of a session, by the world's truth")
+    w("")
+    w(
+        f"The same first requests of the test day (users of the online population; "
+        f"{', '.join(f'{n:,}' for n in t['requests'])} requests per seed) ranked by each policy, "
+        "the placed items scored by the world: click probability at their slot, mean "
+        "satisfaction logit (it drives the leave hazard after each request) and the share of "
+        "clickbait items (high appeal, low satisfaction). Mean ± std over seeds "
+        f"{', '.join(map(str, t['seeds']))}. Oracles are greedy on the truth: `click_oracle` on "
+        "the click probability, `long_term_oracle` on click + 0.1 satisfaction."
+    )
+    w("")
+    w("| policy | p(click) | satisfaction logit | clickbait share |")
+    w("|---|---:|---:|---:|")
+    for arm, r in t["rows"].items():
+        w(f"| {arm} | {_pm(r['p_click'], 3)} | {_pm(r['satisfaction'], 2)} | "
+          f"{_pm(r['clickbait'], 3)} |")  # fmt: skip
+    w("")
 
 
 def _sci(x: float | None) -> str:

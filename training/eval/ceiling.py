@@ -1,4 +1,5 @@
-"""The click-AUC ceiling of a simulated log: the world's own click probabilities, replayed.
+"""Ground truth of a simulated world, for diagnostics: the click-AUC ceiling of a log (the
+world's own click probabilities, replayed) and what policies put in a list (:func:`first_slates`).
 
 Ranking impressions by their true click probability maximises the expected AUC (the ratio of
 the two class densities is monotone in it), so the AUC of ``p(click)`` on the logged test
@@ -25,9 +26,9 @@ import numpy as np
 from contract.features import prefix_counts
 from training.eval.metrics import auc
 from training.sim.config import WorldConfig
-from training.sim.env import Env
+from training.sim.env import Env, Policy
 from training.sim.logging_policy import LoggingPolicy
-from training.sim.world import build_world
+from training.sim.world import World, build_world
 
 
 @dataclass(frozen=True)
@@ -90,3 +91,45 @@ def click_ceiling(cfg: WorldConfig, user_ids: np.ndarray, days: Sequence[int]) -
     if not p_out:
         return Ceiling(np.zeros(0), np.zeros(0, dtype=np.int8), np.zeros(0, dtype=np.int64))
     return Ceiling(np.concatenate(p_out), np.concatenate(y_out), np.concatenate(u_out))
+
+
+#: Truth of the items a policy places, per slate (means over slots): the click probability at
+#: the slot, the mean satisfaction logit (what feeds the leave hazard) and the clickbait share.
+SLATE_TRUTH = ("p_click", "satisfaction", "clickbait")
+
+
+def first_slates(
+    world: World, policies: dict[str, Policy], users: np.ndarray, day: int, k: int
+) -> dict[str, dict[str, float]]:
+    """What each policy puts in the first list of the day's sessions of ``users`` (world
+    indices; those active on ``day``), scored by the world's truth: per policy the means over
+    the slates' items of :data:`SLATE_TRUTH`. Every policy sees the same requests (each in its
+    own fresh :class:`Env`; draws keyed by user, day, request), so the rows are paired.
+    Policies with a ``bind(env)`` hook (the oracle) get their env first.
+    """
+    if not policies:
+        raise ValueError("first_slates: no policies")
+    out: dict[str, dict[str, float]] = {}
+    for name, pol in policies.items():
+        env = Env(world)
+        obs = env.begin_day(day, np.intersect1d(env.active_users(day), users))
+        if obs is None:
+            raise ValueError(f"no user of the {len(users)} given is active on day {day}")
+        bind = getattr(pol, "bind", None)
+        if bind is not None:
+            bind(env)
+        slate = np.asarray(pol.rank(obs, k))
+        items = np.take_along_axis(obs.candidates, slate, axis=1)
+        truth = env.expected(
+            slate,
+            np.arange(k)[None, :],
+            prefix_counts(world.item_tag[items]),
+            prefix_counts(world.item_author[items]),
+        )
+        out[name] = {
+            "p_click": float(truth["click"].mean()),
+            "satisfaction": float(truth["satisfaction"].mean()),
+            "clickbait": float(world.item_clickbait[items].mean()),
+            "requests": int(slate.shape[0]),
+        }
+    return out
