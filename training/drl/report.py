@@ -1555,8 +1555,8 @@ def _mmss(sec: float) -> str:
 
 
 def _status(s: str) -> str:
-    return {"reproduced": "**reproduced**", "not reproduced": "**not reproduced**",
-            "not run": "not run"}.get(s, s)  # fmt: skip
+    bold = ("reproduced", "not reproduced", "holds", "violated")
+    return f"**{s}**" if s in bold else s
 
 
 def _claim_ours(c: Mapping[str, Any]) -> str:
