@@ -719,6 +719,14 @@ def _run_pointwise(ctx: _Seed, spec: RunSpec, run_dir: Path, cache: dict[str, An
     return {**info, "skipped": False}
 
 
+def online_population(seed: int, n_users: int, k: int) -> np.ndarray:
+    """The online tests' users: ``k`` drawn at random per seed (all for ``k`` 0), sorted."""
+    if not 0 < k < n_users:
+        return np.arange(n_users)
+    rng = np.random.default_rng([seed, _ONLINE_STREAM])
+    return np.sort(rng.choice(n_users, size=k, replace=False))
+
+
 def _online(
     ctx: _Seed,
     variant: str,
@@ -761,10 +769,7 @@ def _online(
     wcfg = world_config(ctx.cfg, ctx.seed, variant)
     world = build_world(wcfg)
     days = split_days(ds, "test")
-    rng = np.random.default_rng([ctx.seed, _ONLINE_STREAM])
-    n = world.n_users
-    k = ctx.cfg.online_users
-    users = np.sort(rng.choice(n, size=k, replace=False)) if 0 < k < n else np.arange(n)
+    users = online_population(ctx.seed, world.n_users, ctx.cfg.online_users)
     policies: dict[str, Any] = {"logging": LoggingPolicy(world)}
     for arm, (run_name, which) in present.items():
         info = _read_json(runs / run_name / "train.json")
@@ -857,10 +862,7 @@ def _slate_truth(ctx: _Seed, path: Path) -> dict[str, Any] | None:
             return have
     ds, side, _ = ctx.dataset("base")
     world = build_world(world_config(ctx.cfg, ctx.seed, "base"))
-    rng = np.random.default_rng([ctx.seed, _ONLINE_STREAM])
-    n, k = world.n_users, ctx.cfg.online_users
-    users = np.sort(rng.choice(n, size=k, replace=False)) if 0 < k < n else np.arange(n)
-    users = users[:TRUTH_USERS]
+    users = online_population(ctx.seed, world.n_users, ctx.cfg.online_users)[:TRUTH_USERS]
     pols: dict[str, Any] = {"logging": LoggingPolicy(world), "random": RandomPolicy(ctx.seed),
                             "click_oracle": OraclePolicy(reward="click"),
                             "long_term_oracle": OraclePolicy(reward=ORACLE_LT_REWARD)}  # fmt: skip
