@@ -602,6 +602,30 @@ def _drl_nets(run_dir: Path, cfg: Any, side: SideTables, device: str) -> Any:
     return tr
 
 
+def _record_eval(
+    ctx: _Seed,
+    spec: RunSpec,
+    run_dir: Path,
+    info: dict[str, Any],
+    req: Requests,
+    scores: Mapping[str, np.ndarray],
+    t0: float,
+) -> dict[str, Any]:
+    """Add the test-sample evaluation to a run's ``info`` (click AUC of each score:
+    ``auc_<name>``, or ``auc`` for a single ``score``), save the scores beside it and write
+    ``train.json``; returns ``info["eval"]``."""
+    y = req.label("click")
+    aucs = {("auc" if k == "score" else f"auc_{k}"): auc(y, v) for k, v in scores.items()}
+    info["eval"] = {"impressions": req.n_impressions, **aucs}
+    info["eval_split"] = "test-sample"
+    info["eval_sample"] = ctx.eval_key
+    info["eval_seconds"] = round(time.perf_counter() - t0, 2)
+    info["spec"] = dataclasses.asdict(spec)
+    _save_npz(run_dir / "scores.npz", **scores)
+    _write_json(run_dir / "train.json", info)
+    return info["eval"]
+
+
 def _run_drl(ctx: _Seed, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     from training.drl.train import impression_q, run
 
@@ -618,18 +642,9 @@ def _run_drl(ctx: _Seed, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     req = ctx.test(spec.world)
     t0 = time.perf_counter()
     tr = _drl_nets(run_dir, cfg, side, ctx.cfg.device)
-    y = req.label("click")
-    q_t = impression_q(tr.model.teacher, req, cfg.memory)
-    q_s = impression_q(tr.model.student, req, cfg.memory)
-    info["eval"] = {"impressions": req.n_impressions, "auc_teacher": auc(y, q_t),
-                    "auc_student": auc(y, q_s)}  # fmt: skip
-    info["eval_split"] = "test-sample"
-    info["eval_sample"] = ctx.eval_key
-    info["eval_seconds"] = round(time.perf_counter() - t0, 2)
-    info["spec"] = dataclasses.asdict(spec)
-    _save_npz(run_dir / "scores.npz", teacher=q_t, student=q_s)
-    _write_json(run_dir / "train.json", info)
-    e = info["eval"]
+    scores = {"teacher": impression_q(tr.model.teacher, req, cfg.memory),
+              "student": impression_q(tr.model.student, req, cfg.memory)}  # fmt: skip
+    e = _record_eval(ctx, spec, run_dir, info, req, scores, t0)
     ctx.log(f"{spec.name}: AUC teacher {e['auc_teacher']:.4f} student {e['auc_student']:.4f} "
             f"(train {info['seconds']:.0f} s, eval {info['eval_seconds']:.0f} s)")  # fmt: skip
     return {**info, "skipped": False}
@@ -653,16 +668,7 @@ def _run_hrl(ctx: _Seed, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     tr = HRLTrainer(cfg, side, device=ctx.cfg.device)
     tr.load(run_dir / "checkpoint.pt")
     actor, critic = impression_scores(tr.net, req, cfg.memory)
-    y = req.label("click")
-    info["eval"] = {"impressions": req.n_impressions, "auc_actor": auc(y, actor),
-                    "auc_critic": auc(y, critic)}  # fmt: skip
-    info["eval_split"] = "test-sample"
-    info["eval_sample"] = ctx.eval_key
-    info["eval_seconds"] = round(time.perf_counter() - t0, 2)
-    info["spec"] = dataclasses.asdict(spec)
-    _save_npz(run_dir / "scores.npz", actor=actor, critic=critic)
-    _write_json(run_dir / "train.json", info)
-    e = info["eval"]
+    e = _record_eval(ctx, spec, run_dir, info, req, {"actor": actor, "critic": critic}, t0)
     ctx.log(f"{spec.name}: AUC actor {e['auc_actor']:.4f} critic {e['auc_critic']:.4f} "
             f"(train {info['seconds']:.0f} s)")  # fmt: skip
     return {**info, "skipped": False}
@@ -706,15 +712,9 @@ def _run_pointwise(ctx: _Seed, spec: RunSpec, run_dir: Path, cache: dict[str, An
         "instances_per_s": round(x.shape[0] / max(res.seconds, 1e-9), 1),
         "train_loss_history": res.train_loss_history,
         "n_params": int(sum(p.numel() for p in model.parameters())),
-        "eval": {"impressions": req.n_impressions, "auc": auc(req.label("click"), score)},
-        "eval_split": "test-sample",
-        "eval_sample": ctx.eval_key,
-        "eval_seconds": round(time.perf_counter() - t0, 2),
-        "spec": dataclasses.asdict(spec),
     }
-    _save_npz(run_dir / "scores.npz", score=score)
-    _write_json(run_dir / "train.json", info)
-    ctx.log(f"{spec.name}: AUC {info['eval']['auc']:.4f} ({res.seconds:.0f} s, "
+    e = _record_eval(ctx, spec, run_dir, info, req, {"score": score}, t0)
+    ctx.log(f"{spec.name}: AUC {e['auc']:.4f} ({res.seconds:.0f} s, "
             f"{x.shape[0]:,} impressions)")  # fmt: skip
     return {**info, "skipped": False}
 
@@ -1323,9 +1323,8 @@ def aggregate(
                                          if r in col[s]["runs"]])
                           for r in ("drl", tau_run)}}  # fmt: skip
     horizon = _horizon_table(seeds, col)
-    horizon["auc"] = {r: mean_std(list(auc_of(r, w).values()))
-                      for r in ("drl", "gamma0", "request_gamma0.4", "request_gamma0")
-                      for w in ("student",)}  # fmt: skip
+    horizon["auc"] = {r: mean_std(list(auc_of(r, "student").values()))
+                      for r in ("drl", "gamma0", "request_gamma0.4", "request_gamma0")}  # fmt: skip
     horizon["auc_vs_drl"] = diff(("request_gamma0.4", "student"), ("drl", "student"))
     hc = horizon.get("control")
     if hc:
@@ -1775,9 +1774,9 @@ def kl_over_td(infos: Sequence[Mapping[str, Any]]) -> float | None:
 
 def _variants_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: ReportConfig) -> None:
     tau, hz = agg["tau"], agg["horizon"]
-    if not tau["student"] or math.isnan(tau["student"][0]):
-        if not hz.get("base") and not hz.get("control"):
-            return
+    has_tau = not math.isnan(tau["student"][0])
+    if not has_tau and not hz.get("base") and not hz.get("control"):
+        return
     w("## Variants beyond the paper: the KL temperature and a per-request discount")
     w("")
     w(
@@ -1787,7 +1786,7 @@ def _variants_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: Rep
     )
     w("")
     base_t = cfg.drl_config(0).temperature
-    if tau["student"] and not math.isnan(tau["student"][0]):
+    if has_tau:
         w(f"### The list-wise KL at tau = {tau['tau']:g}")
         w("")
         w("| run | student AUC | KL / TD (last window, mean over seeds) | Δ AUC vs no KL |")
