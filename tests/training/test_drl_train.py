@@ -214,7 +214,7 @@ def test_batches_read_each_distinct_impression_once(data):
 def test_two_gloo_processes_train_in_lockstep(data, tmp_path):
     ds, _, _ = data
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "training.cli", "drl-train", "--data", str(ds.root), "--out", str(tmp_path / "run"),
         "--no-progress", "--threads", "1",
         "--set", "n_explore=40", "--set", "batch_size=32", "--set", "max_instances=96",

@@ -45,9 +45,10 @@ def test_critic_target_uses_target_actor_argmax_and_target_critic_value(data):
     tr = HRLTrainer(SMALL, side)
     b = _batch(tr, req, n=128)
     # Make the target networks differ from the online ones, then recompute y by hand.
+    gen = torch.Generator().manual_seed(1)  # never torch's global generator
     with torch.no_grad():
         for p in tr.target.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     y = ddpg_target(tr.target, b, SMALL.gamma)
 
     def next_state_and_items(net):
