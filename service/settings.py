@@ -1,0 +1,98 @@
+"""The service's settings: one ``pydantic_settings`` class read from ``RANKER_*`` variables.
+
+``Settings`` is built once (in ``create_app`` or a test) and passed to what needs it; no
+module holds a settings object. Every field has a description and bounds, so a bad value is
+refused at start with a message naming the field (``RANKER_STATE_TTL_S=-1`` ->
+``state_ttl_s: Input should be greater than 0``).
+
+Groups: session-state store (in-process or Redis), exposure log. The app's own fields (bundle
+dir, admin token, host/port, candidate limits) belong in the same class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment (prefix ``RANKER_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="RANKER_", extra="forbid", frozen=True)
+
+    # Session-state store.
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL (redis://host:port/db) for shared session state and the log "
+        "stream; unset: session state stays in this process.",
+    )
+    state_ttl_s: float = Field(
+        1800.0, gt=0, description="Seconds a session state lives after its last write."
+    )
+    state_max_sessions: int = Field(
+        100_000,
+        ge=1,
+        description="In-process store: most session states held; the least recently used "
+        "is evicted beyond it.",
+    )
+    state_key_prefix: str = Field(
+        "ranker:", description="Prefix of every Redis key this service writes."
+    )
+    redis_connect_timeout_ms: float = Field(
+        50.0, gt=0, description="Redis socket connect timeout, milliseconds."
+    )
+    redis_read_timeout_ms: float = Field(
+        20.0, gt=0, description="Redis socket read timeout per command, milliseconds."
+    )
+    redis_breaker_ms: float = Field(
+        1000.0,
+        ge=0,
+        description="After a Redis failure, skip Redis (cold state, no write) for this many "
+        "milliseconds before trying again; 0 tries on every call.",
+    )
+
+    # Exposure and feedback log.
+    log_dir: Path = Field(
+        Path("logs"),
+        description="Local log folder: exposures/ and feedback/ Parquet shards are written "
+        "under it (when no log stream is configured).",
+    )
+    log_flush_rows: int = Field(
+        50_000, ge=1, description="Most rows per written file or stream entry."
+    )
+    log_flush_s: float = Field(
+        5.0, gt=0, description="Longest time a logged row waits in memory before a flush."
+    )
+    log_queue_rows: int = Field(
+        200_000,
+        ge=1,
+        description="Most rows waiting to be written per log; beyond it new rows are dropped "
+        "and counted.",
+    )
+    log_stream_key: str | None = Field(
+        None,
+        description="Redis stream key prefix for the logs (<key>:exposures, <key>:feedback); "
+        "set to log to Redis instead of local Parquet (needs redis_url).",
+    )
+    log_stream_maxlen: int = Field(
+        100_000,
+        ge=1,
+        description="Approximate most entries kept per log stream (MAXLEN ~); an entry holds "
+        "one flushed batch of rows.",
+    )
+    log_stream_timeout_ms: float = Field(
+        1000.0,
+        gt=0,
+        description="Redis connect and read timeout of a log stream write, milliseconds (off "
+        "the request path; a batch may be megabytes).",
+    )
+
+    @model_validator(mode="after")
+    def _stream_needs_redis(self) -> Settings:
+        if self.log_stream_key is not None and self.redis_url is None:
+            raise ValueError(
+                f"log_stream_key={self.log_stream_key!r} needs redis_url (RANKER_REDIS_URL)"
+            )
+        return self

@@ -1,0 +1,1 @@
+"""Tests of the service package: bucketing, state stores, exposure log, metrics, settings."""
