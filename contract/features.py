@@ -46,22 +46,54 @@ MAX_SAME_AUTHOR_IN_LIST = 2
 MAX_RECENT_SAME_TAG = 8
 
 
+Kind = Literal["vocab", "hash", "bucket", "count", "hour"]
+KINDS: tuple[str, ...] = ("vocab", "hash", "bucket", "count", "hour")
+
+
 @dataclass(frozen=True)
 class Field:
-    """One categorical feature field.
+    """One categorical feature field and its featurisation rule.
 
     Attributes:
         name: column name, unique across the spec.
         group: which group of inputs the field belongs to.
         size: number of ids (embedding rows); ids are in ``[0, size)`` with 0 = unknown.
-        kind: ``vocab`` (a closed vocabulary), ``hash`` (raw ids hashed into ``size``) or
-            ``bucket`` (a numeric value bucketised by an edge list).
+        kind: how a raw value becomes an id (:func:`field_ids`): ``vocab`` (a closed
+            vocabulary, clipped to ``[0, size)``), ``hash`` (``1 + raw % (size - 1)``),
+            ``bucket`` (``1 + #{edges < x}`` over ``edges``), ``count`` (a count capped at
+            ``size - 2``, plus 1) or ``hour`` (``1 +`` the UTC hour of an epoch-ms timestamp).
+        edges: ascending upper bucket edges; ``bucket`` fields only, ``size == len(edges) + 2``.
+        source: the raw input the field reads (a side-table column or a request/list
+            counter); defaults to ``name``.
     """
 
     name: str
     group: Group
     size: int
-    kind: Literal["vocab", "hash", "bucket"] = "vocab"
+    kind: Kind = "vocab"
+    edges: tuple[float, ...] = ()
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "edges", tuple(float(e) for e in self.edges))
+        if not self.source:
+            object.__setattr__(self, "source", self.name)
+        if self.kind not in KINDS:
+            raise ValueError(f"field {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
+        if self.kind == "bucket":
+            if list(self.edges) != sorted(self.edges) or not self.edges:
+                raise ValueError(f"field {self.name!r}: edges {self.edges} must ascend")
+            if self.size != len(self.edges) + 2:
+                raise ValueError(
+                    f"field {self.name!r}: size {self.size} != len(edges) + 2 = "
+                    f"{len(self.edges) + 2}"
+                )
+        elif self.edges:
+            raise ValueError(
+                f"field {self.name!r}: edges are for bucket fields, kind {self.kind!r}"
+            )
+        if self.kind == "hour" and self.size != 25:
+            raise ValueError(f"field {self.name!r}: an hour field has size 25, not {self.size}")
 
 
 @dataclass(frozen=True)
@@ -70,6 +102,8 @@ class FeatureSpec:
 
     fields: tuple[Field, ...]
     version: str = SPEC_VERSION
+    recent_window: int = RECENT_WINDOW
+    """List-field rule: how many of the session's latest impressions ``recent_same_tag`` reads."""
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.fields]
@@ -78,6 +112,8 @@ class FeatureSpec:
         for f in self.fields:
             if f.size < 2:
                 raise ValueError(f"field {f.name!r} has size {f.size}; need at least 2")
+        if self.recent_window < 1:
+            raise ValueError(f"recent_window={self.recent_window} must be >= 1")
 
     def group(self, group: Group) -> tuple[Field, ...]:
         return tuple(f for f in self.fields if f.group == group)
@@ -94,25 +130,54 @@ class FeatureSpec:
     def n_fields(self) -> int:
         return len(self.fields)
 
+    def field(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(f"feature spec {self.version} has no field {name!r}")
+
     def to_dict(self) -> dict:
+        """A JSON-ready dict with every rule; :meth:`from_dict` inverts it exactly."""
         return {
             "version": self.version,
+            "recent_window": self.recent_window,
             "fields": [
-                {"name": f.name, "group": f.group, "size": f.size, "kind": f.kind}
+                {
+                    "name": f.name,
+                    "group": f.group,
+                    "size": f.size,
+                    "kind": f.kind,
+                    "edges": list(f.edges),
+                    "source": f.source,
+                }
                 for f in self.fields
             ],
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> FeatureSpec:
+        """Raises ValueError naming the missing key or the bad field."""
         try:
             fields = tuple(
-                Field(x["name"], x["group"], int(x["size"]), x.get("kind", "vocab"))
+                Field(
+                    str(x["name"]),
+                    x["group"],
+                    int(x["size"]),
+                    x.get("kind", "vocab"),
+                    tuple(x.get("edges", ())),
+                    str(x.get("source", "")),
+                )
                 for x in d["fields"]
             )
-            return cls(fields=fields, version=str(d["version"]))
+            return cls(
+                fields=fields,
+                version=str(d["version"]),
+                recent_window=int(d.get("recent_window", RECENT_WINDOW)),
+            )
         except KeyError as e:
             raise ValueError(f"feature spec dict is missing key {e}") from None
+        except TypeError as e:
+            raise ValueError(f"feature spec dict is malformed: {e}") from None
 
     def check_ids(self, ids: np.ndarray, group: Group | None = None) -> None:
         """Raise ValueError naming the first field whose ids fall outside ``[0, size)``."""
@@ -139,24 +204,38 @@ USER_FIELDS = (
     Field("u_seg_b", "user", 64),
 )
 CONTEXT_FIELDS = (
-    Field("hour", "context", 25, "bucket"),
-    Field("req_index", "context", len(REQUEST_INDEX_EDGES) + 2, "bucket"),
+    Field("hour", "context", 25, "hour", source="timestamp"),
+    Field(
+        "req_index",
+        "context",
+        len(REQUEST_INDEX_EDGES) + 2,
+        "bucket",
+        REQUEST_INDEX_EDGES,
+        source="request_index",
+    ),  # fmt: skip
 )
 ITEM_FIELDS = (
     Field("item_id", "item", 16384, "hash"),
-    Field("author_id", "item", 8192, "hash"),
+    Field("author_id", "item", 8192, "hash", source="author_raw"),
     Field("tag", "item", 72),
-    Field("duration", "item", len(DURATION_EDGES_S) + 2, "bucket"),
+    Field(
+        "duration",
+        "item",
+        len(DURATION_EDGES_S) + 2,
+        "bucket",
+        DURATION_EDGES_S,
+        source="duration_s",
+    ),  # fmt: skip
     Field("upload_type", "item", 12),
     Field("music_type", "item", 12),
 )
 LIST_FIELDS = (
-    Field("position", "list", 33, "bucket"),
-    Field("same_tag_in_list", "list", MAX_SAME_TAG_IN_LIST + 2, "bucket"),
-    Field("same_author_in_list", "list", MAX_SAME_AUTHOR_IN_LIST + 2, "bucket"),
-    Field("recent_same_tag", "list", MAX_RECENT_SAME_TAG + 2, "bucket"),
-    Field("session_depth", "list", len(DEPTH_EDGES) + 2, "bucket"),
-    Field("session_clicks", "list", len(CLICK_EDGES) + 2, "bucket"),
+    Field("position", "list", 33, "count"),
+    Field("same_tag_in_list", "list", MAX_SAME_TAG_IN_LIST + 2, "count"),
+    Field("same_author_in_list", "list", MAX_SAME_AUTHOR_IN_LIST + 2, "count"),
+    Field("recent_same_tag", "list", MAX_RECENT_SAME_TAG + 2, "count"),
+    Field("session_depth", "list", len(DEPTH_EDGES) + 2, "bucket", DEPTH_EDGES),
+    Field("session_clicks", "list", len(CLICK_EDGES) + 2, "bucket", CLICK_EDGES),
 )
 
 DEFAULT_SPEC = FeatureSpec(USER_FIELDS + CONTEXT_FIELDS + ITEM_FIELDS + LIST_FIELDS)
@@ -190,11 +269,44 @@ def hour_of_day(timestamp_ms: np.ndarray) -> np.ndarray:
     return 1 + (ts // 3_600_000) % 24
 
 
-def context_fields(timestamp_ms: np.ndarray, request_index: np.ndarray) -> np.ndarray:
-    """Context ids, shape ``(..., 2)``: hour of day and bucketised request index."""
-    return np.stack(
-        [hour_of_day(timestamp_ms), bucketise(request_index, REQUEST_INDEX_EDGES)], axis=-1
-    )
+def field_ids(field: Field, raw: np.ndarray) -> np.ndarray:
+    """Ids of one field from its raw values (any shape), by the field's ``kind``.
+
+    ``vocab``: ``clip(raw, 0, size - 1)``; ``hash``: :func:`hash_ids`; ``bucket``:
+    :func:`bucketise` over ``field.edges``; ``count``: ``1 + clip(raw, 0, size - 2)``;
+    ``hour``: :func:`hour_of_day` of epoch milliseconds. Returns int64, same shape as ``raw``.
+    """
+    if field.kind == "hash":
+        return hash_ids(raw, field.size)
+    if field.kind == "bucket":
+        return bucketise(raw, field.edges)
+    if field.kind == "hour":
+        return hour_of_day(raw)
+    x = np.asarray(raw, dtype=np.int64)
+    if field.kind == "count":
+        return 1 + np.clip(x, 0, field.size - 2)
+    return np.clip(x, 0, field.size - 1)
+
+
+def group_ids(spec: FeatureSpec, group: Group, raw: dict[str, np.ndarray]) -> np.ndarray:
+    """Ids of every field of ``group``, in spec order: ``(..., n_group)`` int64.
+
+    ``raw`` maps each field's ``source`` to raw values; they are broadcast together.
+    Raises KeyError naming the field whose source is missing.
+    """
+    fields = spec.group(group)
+    missing = [f"{f.name} (reads {f.source!r})" for f in fields if f.source not in raw]
+    if missing:
+        raise KeyError(f"{group} fields need raw inputs that were not given: {missing}")
+    cols = np.broadcast_arrays(*[field_ids(f, raw[f.source]) for f in fields])
+    return np.stack(cols, axis=-1)
+
+
+def context_fields(
+    timestamp_ms: np.ndarray, request_index: np.ndarray, spec: FeatureSpec = DEFAULT_SPEC
+) -> np.ndarray:
+    """Context ids, shape ``(..., n_context)``: hour of day and bucketised request index."""
+    return group_ids(spec, "context", {"timestamp": timestamp_ms, "request_index": request_index})
 
 
 def item_fields(
@@ -204,20 +316,18 @@ def item_fields(
     duration_s: np.ndarray,
     upload_type: np.ndarray,
     music_type: np.ndarray,
+    spec: FeatureSpec = DEFAULT_SPEC,
 ) -> np.ndarray:
-    """Item ids, shape ``(..., 6)``, from the raw columns of the items side table."""
-    sizes = {f.name: f.size for f in ITEM_FIELDS}
-    return np.stack(
-        [
-            hash_ids(item_id, sizes["item_id"]),
-            hash_ids(author_raw, sizes["author_id"]),
-            np.clip(np.asarray(tag, dtype=np.int64), 0, sizes["tag"] - 1),
-            bucketise(duration_s, DURATION_EDGES_S),
-            np.clip(np.asarray(upload_type, dtype=np.int64), 0, sizes["upload_type"] - 1),
-            np.clip(np.asarray(music_type, dtype=np.int64), 0, sizes["music_type"] - 1),
-        ],
-        axis=-1,
-    )
+    """Item ids, shape ``(..., n_item)``, from the raw columns of the items side table."""
+    raw = {
+        "item_id": item_id,
+        "author_raw": author_raw,
+        "tag": tag,
+        "duration_s": duration_s,
+        "upload_type": upload_type,
+        "music_type": music_type,
+    }
+    return group_ids(spec, "item", raw)
 
 
 def list_fields(
@@ -227,28 +337,29 @@ def list_fields(
     recent_same_tag: np.ndarray,
     session_depth: np.ndarray,
     session_clicks: np.ndarray,
+    spec: FeatureSpec = DEFAULT_SPEC,
 ) -> np.ndarray:
-    """Cumulative list/session ids, shape ``(..., 6)``, from raw counts.
+    """Cumulative list/session ids, shape ``(..., n_list)``, from raw counts.
 
     Args (all broadcastable integer arrays):
         position: 0-based slot being filled.
         same_tag_in_list: earlier items of this list with the candidate's tag.
         same_author_in_list: earlier items of this list by the candidate's author.
-        recent_same_tag: the session's last ``RECENT_WINDOW`` impressions (before this
+        recent_same_tag: the session's last ``spec.recent_window`` impressions (before this
             request) with the candidate's tag.
         session_depth: impressions shown in the session before this request.
         session_clicks: clicks in the session before this request.
+        spec: the rules (sizes, caps, edges) to apply; the service passes its bundle's.
     """
-    p = np.asarray(position, dtype=np.int64)
-    arrays = np.broadcast_arrays(
-        1 + np.clip(p, 0, 31),
-        1 + np.clip(np.asarray(same_tag_in_list, dtype=np.int64), 0, MAX_SAME_TAG_IN_LIST),
-        1 + np.clip(np.asarray(same_author_in_list, dtype=np.int64), 0, MAX_SAME_AUTHOR_IN_LIST),
-        1 + np.clip(np.asarray(recent_same_tag, dtype=np.int64), 0, MAX_RECENT_SAME_TAG),
-        bucketise(session_depth, DEPTH_EDGES),
-        bucketise(session_clicks, CLICK_EDGES),
-    )
-    return np.stack(arrays, axis=-1)
+    raw = {
+        "position": position,
+        "same_tag_in_list": same_tag_in_list,
+        "same_author_in_list": same_author_in_list,
+        "recent_same_tag": recent_same_tag,
+        "session_depth": session_depth,
+        "session_clicks": session_clicks,
+    }
+    return group_ids(spec, "list", raw)
 
 
 def prefix_counts(keys: np.ndarray) -> np.ndarray:
@@ -281,3 +392,87 @@ def candidate_prefix_counts(
     valid = np.arange(k) < np.asarray(n_placed)[..., None]
     eq = (np.asarray(cand_keys)[..., :, None] == placed_keys[..., None, :]) & valid[..., None, :]
     return eq.sum(-1)
+
+
+#: List fields whose raw value is fixed for a whole request (the session before it).
+REQUEST_LIST_SOURCES = ("recent_same_tag", "session_depth", "session_clicks")
+#: List fields whose raw value changes with the slot being filled.
+SLOT_LIST_SOURCES = ("position", "same_tag_in_list", "same_author_in_list")
+
+
+class ListFieldEncoder:
+    """:func:`list_fields` for one spec, split for the serving hot path.
+
+    A list is built slot by slot over the same ``C`` candidates, and half of the list fields
+    do not change within a request (:data:`REQUEST_LIST_SOURCES`). The encoder computes those
+    once (:meth:`request_ids`, ``(B, C, Lr)``) and the others at each slot (:meth:`slot_ids`,
+    ``(B, C, Ls)``), with the same rules as :func:`field_ids`; :meth:`merge` puts a placed
+    item's two parts back in spec order. ``tests`` check equality with :func:`list_fields`.
+    Counts must be non-negative, as every caller's are. Raises KeyError at construction when
+    the spec has a list field it cannot fill.
+    """
+
+    def __init__(self, spec: FeatureSpec = DEFAULT_SPEC) -> None:
+        self.spec = spec
+        fields = spec.group("list")
+        known = set(REQUEST_LIST_SOURCES) | set(SLOT_LIST_SOURCES)
+        unknown = [f.name for f in fields if f.source not in known]
+        if unknown:
+            raise KeyError(f"list fields with unknown sources {unknown}; known: {sorted(known)}")
+        self.request_fields = tuple(f for f in fields if f.source in REQUEST_LIST_SOURCES)
+        self.slot_fields = tuple(f for f in fields if f.source in SLOT_LIST_SOURCES)
+        order = [f.name for f in self.request_fields + self.slot_fields]
+        #: merge(): spec column j takes column order_index[j] of concat(request, slot).
+        self.order_index = np.array([order.index(f.name) for f in fields], dtype=np.int64)
+
+    @property
+    def n_request(self) -> int:
+        return len(self.request_fields)
+
+    @property
+    def n_slot(self) -> int:
+        return len(self.slot_fields)
+
+    @staticmethod
+    def _fill(out: np.ndarray, fields: tuple[Field, ...], raw: dict[str, np.ndarray]) -> None:
+        for j, f in enumerate(fields):
+            x = raw[f.source]
+            if f.kind == "count":  # the per-slot hot path: 1 + min(x, size - 2), x >= 0
+                col = out[..., j]
+                if x.ndim == 2:
+                    np.minimum(x, f.size - 2, out=col, casting="unsafe")
+                    col += 1
+                else:
+                    col[...] = (1 + np.minimum(x, f.size - 2))[:, None]
+            else:
+                ids = field_ids(f, x)
+                out[..., j] = ids[:, None] if ids.ndim == 1 else ids
+
+    def request_ids(
+        self, recent_same_tag: np.ndarray, session_depth: np.ndarray, session_clicks: np.ndarray
+    ) -> np.ndarray:
+        """``(B, C, Lr)`` ids from ``recent_same_tag (B, C)``, ``session_depth (B,)`` and
+        ``session_clicks (B,)``."""
+        b, c = np.shape(recent_same_tag)
+        out = np.zeros((b, c, self.n_request), dtype=np.int64)
+        raw = {"recent_same_tag": np.asarray(recent_same_tag),
+               "session_depth": np.asarray(session_depth),
+               "session_clicks": np.asarray(session_clicks)}  # fmt: skip
+        self._fill(out, self.request_fields, raw)
+        return out
+
+    def slot_ids(
+        self, out: np.ndarray, position: int, same_tag: np.ndarray, same_author: np.ndarray
+    ) -> np.ndarray:
+        """Write ``(B, C, Ls)`` ids into ``out`` (and return it): ``position`` (0-based slot)
+        and ``same_tag``/``same_author (B, C)`` counts over the items placed so far."""
+        raw = {"position": np.full(out.shape[0], position, dtype=np.int64),
+               "same_tag_in_list": same_tag, "same_author_in_list": same_author}  # fmt: skip
+        if position < 0:
+            raise ValueError(f"position={position} must be >= 0")
+        self._fill(out, self.slot_fields, raw)
+        return out
+
+    def merge(self, request_part: np.ndarray, slot_part: np.ndarray) -> np.ndarray:
+        """``(..., L)`` list ids in spec order from the two parts ``(..., Lr)``, ``(..., Ls)``."""
+        return np.concatenate([request_part, slot_part], axis=-1)[..., self.order_index]

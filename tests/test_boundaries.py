@@ -1,6 +1,7 @@
-"""The import rules of DESIGN.md: contract is shared; training never imports service (nor
-fastapi or redis); service never imports training or torch; contract imports only the
-standard library, numpy and pyarrow."""
+"""The import rules of DESIGN.md: contract and the bundle runtime are shared; training never
+imports service (nor fastapi or redis); service never imports training or torch; contract
+imports only the standard library, numpy and pyarrow; the runtime only those, onnxruntime
+and contract."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ FORBIDDEN = {
     "contract": {"training", "service", "torch", "fastapi", "redis", "pandas", "onnxruntime"},
     "training": {"service", "fastapi", "redis", "starlette", "uvicorn"},
     "service": {"training", "torch"},
+    "runtime": {"training", "service", "torch", "fastapi", "redis", "pandas"},
 }
 
 
@@ -45,6 +47,14 @@ def test_package_respects_import_rules(package: str) -> None:
 def test_contract_imports_only_stdlib_numpy_pyarrow() -> None:
     allowed = {"numpy", "pyarrow", "contract", "__future__"} | set(sys.stdlib_module_names)
     for f in sorted((ROOT / "contract").rglob("*.py")):
+        extra = imported_roots(f) - allowed
+        assert not extra, f"{f.relative_to(ROOT)} imports {sorted(extra)}"
+
+
+def test_runtime_imports_only_numpy_onnxruntime_pyarrow_and_contract() -> None:
+    allowed = {"numpy", "onnxruntime", "pyarrow", "contract", "runtime", "__future__"}
+    allowed |= set(sys.stdlib_module_names)
+    for f in sorted((ROOT / "runtime").rglob("*.py")):
         extra = imported_roots(f) - allowed
         assert not extra, f"{f.relative_to(ROOT)} imports {sorted(extra)}"
 

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from contract.bundle import BundleError
 from contract.schema import LogValidationError, validate_log_file
 from training.data.pipeline import Dataset, DatasetError
 from training.sim.config import ConfigError, parse_overrides, preset
@@ -165,6 +166,32 @@ def _cmd_drl_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from training.bundles import export_runs
+
+    m = export_runs(args.drl, args.baseline, args.data, args.out, name=args.name,
+                    overwrite=args.overwrite)  # fmt: skip
+    _print_bundle(args.out, m)
+    return 0
+
+
+def _cmd_default_bundle(args: argparse.Namespace) -> int:
+    from training.bundles import build_default_bundle
+
+    m = build_default_bundle(args.out, data=args.data, work=args.work, overwrite=args.overwrite,
+                             progress=not args.no_progress)  # fmt: skip
+    _print_bundle(args.out, m)
+    return 0
+
+
+def _print_bundle(out: str, m: dict) -> None:
+    print(f"wrote {out}: bundle {m['bundle_version']}")
+    for name, e in m["models"].items():
+        worst = max(e["parity_max_abs_err"].values())
+        print(f"  {name:20s} {e['model_version']}  {e['params']:,} params  "
+              f"{e['bytes'] / 1e6:.2f} MB  max |onnx - torch| {worst:.1e}")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ranker", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -263,6 +290,30 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     dr.add_argument("--no-progress", action="store_true")
     _COMMANDS["drl-report"] = _cmd_drl_report
+
+    e = sub.add_parser("export", help="export trained rankers to a verified ONNX model bundle")
+    e.add_argument("--drl", required=True, help="a finished drl-train run folder")
+    e.add_argument(
+        "--baseline",
+        default=None,
+        help="a weighted Wide&Deep state dict (.pt, with its .json) for the baseline arm",
+    )
+    e.add_argument("--data", required=True, help="the dataset folder the runs trained on")
+    e.add_argument("--out", required=True, help="bundle folder to write")
+    e.add_argument("--name", default="bundle", help="bundle name (prefix of its version)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    _COMMANDS["export"] = _cmd_export
+
+    db = sub.add_parser(
+        "default-bundle",
+        help="rebuild models/default: default world, DRL-Rec, weighted W&D, export",
+    )
+    db.add_argument("--out", default="models/default", help="bundle folder (models/default)")
+    db.add_argument("--data", default="data/default", help="dataset folder (simulated if missing)")
+    db.add_argument("--work", default="runs/default-bundle", help="folder of the training runs")
+    db.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    db.add_argument("--no-progress", action="store_true")
+    _COMMANDS["default-bundle"] = _cmd_default_bundle
     return p
 
 
@@ -270,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigError, DatasetError, LogValidationError, FileNotFoundError) as e:
+    except (ConfigError, DatasetError, LogValidationError, FileNotFoundError, FileExistsError,
+            BundleError) as e:  # fmt: skip
         print(f"ranker {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -206,7 +206,41 @@ def test_feature_spec_dict_round_trip() -> None:
     back = FeatureSpec.from_dict(d)
     assert back == DEFAULT_SPEC
     assert back.to_dict() == d
-    assert d["fields"][0] == {"name": "user_id", "group": "user", "size": 32768, "kind": "hash"}
+    assert d["fields"][0] == {
+        "name": "user_id", "group": "user", "size": 32768, "kind": "hash", "edges": [],
+        "source": "user_id",
+    }  # fmt: skip
+    assert d["recent_window"] == 20
+    dur = next(f for f in d["fields"] if f["name"] == "duration")
+    assert dur["edges"] == [7.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0]
+    assert dur["source"] == "duration_s"
+
+
+def test_field_rules_are_checked_and_named() -> None:
+    with pytest.raises(ValueError, match="'d'.*size 5 != len\\(edges\\) \\+ 2 = 4"):
+        Field("d", "item", 5, "bucket", (1.0, 2.0))
+    with pytest.raises(ValueError, match="'d'.*must ascend"):
+        Field("d", "item", 4, "bucket", (2.0, 1.0))
+    with pytest.raises(ValueError, match="'h'.*size 25"):
+        Field("h", "context", 24, "hour")
+    with pytest.raises(ValueError, match="'x'.*kind 'weird'"):
+        Field("x", "item", 4, "weird")  # type: ignore[arg-type]
+
+
+def test_list_fields_follow_the_given_spec_not_module_constants() -> None:
+    # A spec with other caps and edges: position capped at 3, depth bucketed at (5,).
+    fields = tuple(
+        Field("position", "list", 5, "count") if f.name == "position"
+        else Field("session_depth", "list", 3, "bucket", (5.0,)) if f.name == "session_depth"
+        else f
+        for f in DEFAULT_SPEC.fields
+    )  # fmt: skip
+    spec = FeatureSpec(fields, version="other")
+    ids = list_fields(np.array([0, 2, 7]), 0, 0, 0, np.array([0, 5, 6]), 0, spec=spec)
+    np.testing.assert_array_equal(ids[:, 0], [1, 3, 4])  # 1 + min(p, 5 - 2)
+    np.testing.assert_array_equal(ids[:, 4], [1, 1, 2])  # 1 + #{5 < depth}
+    default = list_fields(np.array([0, 2, 7]), 0, 0, 0, np.array([0, 5, 6]), 0)
+    np.testing.assert_array_equal(default[:, 0], [1, 3, 8])
 
 
 def test_feature_spec_from_dict_names_a_missing_key() -> None:

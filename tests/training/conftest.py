@@ -1,24 +1,9 @@
-"""Fixtures shared by the training tests."""
+"""Fixtures shared by the training tests (the tiny world is in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-
-from training.data.features import SideTables, build_requests
-from training.data.pipeline import Dataset
-from training.sim.config import preset
-from training.sim.generate import generate_dataset
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory):
-    """The tiny world's dataset (read-only for tests), its side tables and train Requests."""
-    out = tmp_path_factory.mktemp("tiny-world") / "tiny"
-    generate_dataset(preset("tiny"), out, progress=False)
-    ds = Dataset.open(out)
-    side = SideTables.from_tables(ds.users(), ds.items())
-    return ds, side, build_requests(ds.read("train"), side)
 
 
 @pytest.fixture

@@ -236,3 +236,50 @@ def slate_log_prob_pointwise(
             lse = m[:, 0] + np.log(np.exp(s - m).sum(axis=1))
             out[rr] += s[:, t] - lse
     return out
+
+
+class BundlePolicy:
+    """An exported model of a bundle as a policy, ranked by the runtime's list builder.
+
+    This is how exported bundles are evaluated online: the same :func:`runtime.lists.
+    build_lists` the service calls, on the same graphs. The session window of encodings is
+    carried between requests by the builder's :class:`~runtime.lists.SessionState`; the
+    session counters (depth, clicks, recent tags, request index) come from the observation,
+    exactly as the torch policies read them.
+    """
+
+    def __init__(self, bundle, model: str, exploration=None, seed: int = 0):
+        from runtime.lists import SessionState
+
+        self.bundle = bundle
+        self.model = bundle.model(model)
+        self.exploration = exploration
+        self.rng = np.random.default_rng(seed)
+        self._new = lambda: SessionState.new(self.model, bundle.spec.recent_window)
+        self._states: dict[int, SessionState] = {}
+
+    def rank(self, obs: Observation, k: int) -> np.ndarray:
+        from dataclasses import replace
+
+        from runtime.lists import build_lists
+
+        states = [
+            replace(
+                self._states.get(sid) or self._new(),
+                request_index=int(obs.request_index[i]),
+                depth=int(obs.session_depth[i]),
+                clicks=int(obs.session_clicks[i]),
+                recent_tags=obs.recent_tags[i],
+            )
+            for i, sid in enumerate(obs.session_id.tolist())
+        ]
+        lists = build_lists(self.bundle, self.model, states, obs.user_id, obs.timestamp,
+                            obs.candidate_ids, k, self.exploration, self.rng)  # fmt: skip
+        for sid, st in zip(obs.session_id.tolist(), lists.states, strict=True):
+            self._states[sid] = st
+        return lists.index
+
+    def observe_feedback(self, obs: Observation, slate: np.ndarray, feedback: Feedback) -> None:
+        for sid, left in zip(obs.session_id.tolist(), feedback.left.tolist(), strict=True):
+            if left:
+                self._states.pop(sid, None)

@@ -1,0 +1,247 @@
+"""From training runs to a model bundle: ``ranker export`` and ``ranker default-bundle``.
+
+:func:`export_runs` reads a DRL-Rec run folder (``checkpoint.pt``, ``train.json``) and a
+feedback-weighted Wide&Deep (``wide_deep_weighted.pt`` + ``.json``, as the baselines report
+writes them or :func:`train_weighted_wide_deep` below) and writes one bundle with three
+servable models: ``drl_student``, ``drl_teacher`` and ``wide_deep_weighted`` (the non-RL
+baseline arm). :func:`build_default_bundle` is the one documented command behind
+``models/default``: the default world, DRL-Rec at a fixed budget, the weighted Wide&Deep,
+export; each stage is skipped when its finished output is already there, and every stage is
+seeded, so a rebuild on the same versions gives the same graphs and the same hashes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from contract.features import DEFAULT_SPEC
+from contract.schema import FEEDBACK
+from training.baselines.pointwise import WideDeep, predict, seeded_build_model, train_pointwise
+from training.data.features import SideTables, build_requests
+from training.data.pipeline import Dataset
+from training.drl.networks import flops_per_request
+from training.drl.train import DRLConfig, DRLRec
+from training.export import export_bundle as _export_bundle
+from training.export import pointwise_export, q_export, real_batch
+
+__all__ = [
+    "DefaultBundleConfig",
+    "build_default_bundle",
+    "export_runs",
+    "load_drl_run",
+    "load_wide_deep",
+    "train_weighted_wide_deep",
+]
+
+
+def load_drl_run(run: str | Path) -> tuple[DRLConfig, DRLRec, dict[str, Any]]:
+    """The config, trained teacher + student and summary of a ``ranker drl-train`` folder.
+
+    Raises FileNotFoundError when the folder has no finished run (``checkpoint.pt`` and
+    ``train.json``)."""
+    run = Path(run)
+    ck, summ = run / "checkpoint.pt", run / "train.json"
+    for f in (ck, summ):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: missing; is {run} a finished drl-train run folder?")
+    sd = torch.load(ck, map_location="cpu", weights_only=False)
+    cfg_d = dict(sd["cfg"])
+    cfg_d["mlp"] = tuple(cfg_d["mlp"])
+    cfg_d["loss_weights"] = tuple(cfg_d["loss_weights"])
+    cfg = DRLConfig(**cfg_d)
+    model = DRLRec(cfg)
+    model.load_state_dict(sd["model"])
+    return cfg, model.eval(), json.loads(summ.read_text())
+
+
+def load_wide_deep(path: str | Path) -> tuple[WideDeep, dict[str, Any]]:
+    """A Wide&Deep state dict (``.pt``) and its info JSON (same stem), as the baselines report
+    writes them. Raises FileNotFoundError naming the missing file."""
+    path = Path(path)
+    info_path = path.with_suffix(".json")
+    for f in (path, info_path):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: missing (a Wide&Deep .pt and its .json)")
+    info = json.loads(info_path.read_text())
+    model = seeded_build_model("wide_deep", DEFAULT_SPEC.sizes(), seed=0,
+                               embed_dim=int(info.get("embed_dim", 16)))  # fmt: skip
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    assert isinstance(model, WideDeep)
+    return model.eval(), info
+
+
+def _weighted_xyw(ds: Dataset, side: SideTables, split: str, n: int, seed: int):
+    from training.eval.baselines_run import mmrf_weights, read_sample
+
+    key = "session_id" if split == "train" else "user_id"
+    s = read_sample(ds, split, side, n, seed, key)
+    fb = {name: s.feedback[:, j] for j, name in enumerate(FEEDBACK)}
+    return s.x, s.click.astype(np.float32), mmrf_weights(fb), s.user
+
+
+def train_weighted_wide_deep(
+    data: str | Path,
+    out: str | Path,
+    *,
+    train_impressions: int = 300_000,
+    valid_impressions: int = 60_000,
+    max_epochs: int = 3,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the feedback-weighted Wide&Deep of the evaluation harness (BCE on clicks, each
+    impression weighted by ``mmrf_weights``), keep the epoch with the best weighted validation
+    loss, and write ``out`` (``.pt``) and its ``.json``. Returns the info dict."""
+    from training.eval.metrics import auc
+
+    out = Path(out)
+    ds = Dataset.open(data)
+    side = SideTables.from_tables(ds.users(), ds.items())
+    x, y, w, _ = _weighted_xyw(ds, side, "train", train_impressions, seed)
+    xv, yv, wv, _ = _weighted_xyw(ds, side, "valid", valid_impressions, seed)
+    model = seeded_build_model("wide_deep", DEFAULT_SPEC.sizes(), seed=seed)
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    history = []
+    for epoch in range(max_epochs):
+        res = train_pointwise(model, x, y, weights=w, epochs=1, batch_size=1024, lr=2e-3,
+                              seed=seed * 1000 + epoch, progress=progress)  # fmt: skip
+        p = np.clip(predict(model, xv).astype(np.float64), 1e-7, 1 - 1e-7)
+        vl = float(np.dot(wv, -(yv * np.log(p) + (1 - yv) * np.log1p(-p))) / len(p))
+        history.append({"epoch": epoch + 1, "valid_loss": vl, "seconds": res.seconds})
+        if best is None or vl < best[0]:
+            best = (vl, epoch + 1, copy.deepcopy(model.state_dict()))
+        else:
+            break
+    assert best is not None
+    model.load_state_dict(best[2])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out)
+    xt, yt, _, _ = _weighted_xyw(ds, side, "test", valid_impressions, seed)
+    info = {
+        "model": "wide_deep_weighted",
+        "architecture": "wide_deep",
+        "objective": "BCE(click) weighted by mmrf_weights",
+        "embed_dim": 16,
+        "train_impressions": int(len(y)),
+        "best_epoch": best[1],
+        "history": history,
+        "offline": {"auc": float(auc(yt, predict(model.eval(), xt))), "n_test": int(len(yt))},
+        "seed": seed,
+    }
+    out.with_suffix(".json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def export_runs(
+    drl_run: str | Path,
+    baseline: str | Path | None,
+    data: str | Path,
+    out: str | Path,
+    *,
+    name: str = "bundle",
+    overwrite: bool = False,
+    real_requests: int = 256,
+) -> dict[str, Any]:
+    """Export a DRL-Rec run's student and teacher and (optionally) a weighted Wide&Deep into
+    the bundle ``out``, verified on real requests of ``data``'s test split. Returns the
+    manifest. Raises FileExistsError, FileNotFoundError or ParityError (nothing written)."""
+    cfg, model, summary = load_drl_run(drl_run)
+    ds = Dataset.open(data)
+    side = SideTables.from_tables(ds.users(), ds.items())
+    test = ds.read("test")
+    first = pa.array(np.unique(test.column("session_id").to_numpy())[:200])
+    req = build_requests(test.filter(pc.is_in(test.column("session_id"), value_set=first)), side)
+    real = real_batch(req, cfg.memory, real_requests, seed=0)
+    ev = summary.get("eval", {})
+    common = {"training": {"run": str(drl_run), "config": asdict(cfg),
+                           "steps": summary.get("steps"),
+                           "instances": summary.get("instances")}}  # fmt: skip
+    models = [
+        q_export("drl_student", model.student, DEFAULT_SPEC, **common,
+                 metrics={"auc_test": ev.get("auc_student")},
+                 flops_per_request=flops_per_request(cfg.student_net())),
+        q_export("drl_teacher", model.teacher, DEFAULT_SPEC, **common,
+                 metrics={"auc_test": ev.get("auc_teacher")},
+                 flops_per_request=flops_per_request(cfg.teacher_net())),
+    ]  # fmt: skip
+    if baseline is not None:
+        wd, info = load_wide_deep(baseline)
+        models.append(pointwise_export(
+            "wide_deep_weighted", wd, DEFAULT_SPEC,
+            training={"file": str(baseline), **{k: v for k, v in info.items() if k != "offline"}},
+            metrics={"auc_test": info.get("offline", {}).get("auc")},
+        ))  # fmt: skip
+    dataset = {"path": str(data), "code_version": ds.meta.get("code_version"),
+               "preset": ds.meta.get("preset"), "counts": ds.meta.get("counts"),
+               "split": {k: len(v) for k, v in ds.meta.get("split", {}).items()}}  # fmt: skip
+    return _export_bundle(out, models, DEFAULT_SPEC, ds.users(), ds.items(), name=name,
+                          dataset=dataset, real=real, overwrite=overwrite)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DefaultBundleConfig:
+    """The fixed recipe of ``models/default`` (change it and the bundle's hashes change)."""
+
+    world_preset: str = "default"
+    drl_overrides: tuple[tuple[str, Any], ...] = (("n_explore", 100), ("max_instances", 50_000))
+    """DRL-Rec at the report's per-run budget (50k instances, 100 exploration candidates)."""
+    wd_train_impressions: int = 300_000
+    wd_valid_impressions: int = 60_000
+    seed: int = 0
+
+
+def build_default_bundle(
+    out: str | Path = "models/default",
+    *,
+    data: str | Path = "data/default",
+    work: str | Path = "runs/default-bundle",
+    overwrite: bool = False,
+    progress: bool = True,
+    cfg: DefaultBundleConfig = DefaultBundleConfig(),
+    log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Simulate the world if ``data`` is missing, train DRL-Rec and the weighted Wide&Deep
+    into ``work`` (a finished stage is reused), and export to ``out``. Torch runs on one
+    thread so the result does not depend on the machine's core count."""
+    from training.drl.train import run
+    from training.sim.config import preset
+    from training.sim.generate import generate_dataset
+
+    torch.set_num_threads(1)
+    data, work = Path(data), Path(work)
+    if not (data / "dataset.json").is_file():
+        log(f"simulating the {cfg.world_preset} world into {data} ...")
+        generate_dataset(preset(cfg.world_preset), data, progress=progress,
+                         preset_name=cfg.world_preset)  # fmt: skip
+    drl_dir = work / "drl"
+    drl_cfg = DRLConfig(seed=cfg.seed).with_overrides(**dict(cfg.drl_overrides))
+    done = drl_dir / "train.json"
+    if not (
+        done.is_file()
+        and "eval" in json.loads(done.read_text())
+        and json.loads(done.read_text())["config"] == json.loads(json.dumps(asdict(drl_cfg)))
+    ):
+        log(f"training DRL-Rec into {drl_dir} ...")
+        if drl_dir.exists():
+            import shutil
+
+            shutil.rmtree(drl_dir)
+        run(data, drl_dir, drl_cfg, progress=progress)
+    wd_path = work / "wide_deep_weighted.pt"
+    if not (wd_path.is_file() and wd_path.with_suffix(".json").is_file()):
+        log(f"training the weighted Wide&Deep into {wd_path} ...")
+        train_weighted_wide_deep(data, wd_path, train_impressions=cfg.wd_train_impressions,
+                                 valid_impressions=cfg.wd_valid_impressions, seed=cfg.seed,
+                                 progress=progress)  # fmt: skip
+    log(f"exporting to {out} ...")
+    return export_runs(drl_dir, wd_path, data, out, name="default", overwrite=overwrite)
