@@ -63,6 +63,54 @@ ITEM_TABLE_SCHEMA = pa.schema(
 )
 
 
+REQUEST_COLUMNS = ("request_id", "session_id", "user_id", "timestamp", "request_index")
+SHOWN_COLUMNS = ("propensity", *FEEDBACK_BINARY, "watch_time")
+
+
+def repeated_string(value: str, n: int) -> pa.Array:
+    """A string array of ``n`` copies of ``value``, built from buffers (no Python strings)."""
+    raw = value.encode()
+    offsets = np.arange(n + 1, dtype=np.int32) * len(raw)
+    data = np.frombuffer(raw * n, dtype=np.uint8) if n and raw else np.zeros(0, np.uint8)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def log_table(cols: dict[str, np.ndarray], arm: str, model_version: str) -> pa.Table:
+    """Impression-log rows of ``R`` requests with ``C`` candidates each: the one row builder
+    of every writer (simulator, service).
+
+    ``cols``: :data:`REQUEST_COLUMNS` ``(R,)``; ``item_id (R, C)`` with the ``K`` shown items
+    first, in slot order, then the non-impressions; ``propensity (R, K)``; and the feedback
+    columns ``(R, K)`` when known (a served list's feedback arrives later: omit them and they
+    are null). Rows come out request by request, shown slots first; non-impressions get
+    position -1 and null propensity and feedback.
+    """
+    r, c = cols["item_id"].shape
+    k = cols["propensity"].shape[1]
+    n = r * c
+    null = np.ones((r, c), dtype=bool)
+    null[:, :k] = False
+    null = null.ravel()
+    pos = np.full((r, c), -1, dtype=np.int16)
+    pos[:, :k] = np.arange(k, dtype=np.int16)
+    arrays: dict[str, pa.Array] = {
+        name: pa.array(np.repeat(cols[name], c)) for name in REQUEST_COLUMNS
+    }
+    arrays["position"] = pa.array(pos.ravel())
+    arrays["item_id"] = pa.array(cols["item_id"].ravel())
+    arrays["arm"] = repeated_string(arm, n)
+    arrays["model_version"] = repeated_string(model_version, n)
+    for name in SHOWN_COLUMNS:
+        typ = LOG_SCHEMA.field(name).type
+        if name not in cols:
+            arrays[name] = pa.nulls(n, typ)
+            continue
+        v = np.zeros((r, c), dtype=cols[name].dtype)
+        v[:, :k] = cols[name]
+        arrays[name] = pa.array(v.ravel(), mask=null, type=typ)
+    return pa.table({f.name: arrays[f.name] for f in LOG_SCHEMA}, schema=LOG_SCHEMA)
+
+
 class LogValidationError(ValueError):
     """A log file or table breaks the contract; the message names file, column and problem."""
 

@@ -125,6 +125,21 @@ class SideTables:
             f[~known] = _from_id(self.spec, "user", np.asarray(user_ids)[~known])
         return f, known
 
+    def user_with(self, user_id: int, raw: dict[str, int]) -> np.ndarray:
+        """``(1, n_user)`` ids of one user whose raw profile values in ``raw`` (by field name)
+        replace the table's. Raises KeyError naming a name that is not a user field, or the
+        id field itself."""
+        f, _ = self.users(np.array([user_id], dtype=np.int64))
+        fields = self.spec.group("user")
+        names = {fl.name: j for j, fl in enumerate(fields)}
+        for name, value in raw.items():
+            j = names.get(name)
+            if j is None or fields[j].source == "user_id":
+                settable = [n for n, k in names.items() if fields[k].source != "user_id"]
+                raise KeyError(f"user feature {name!r} is not one of {settable}")
+            f[0, j] = field_ids(fields[j], np.array([value]))[0]
+        return f
+
     def items(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Field ids ``(..., n_item)``, tag, author and known flags of raw item ids."""
         rows = self._rows(self.item_ids, item_ids)

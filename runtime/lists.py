@@ -32,6 +32,7 @@ tables) and are flagged in :attr:`Lists.unknown` so the caller can count them.
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,7 +139,8 @@ class Lists:
     ``index (B, K')`` into the request's candidates; ``item_ids (B, K')``; ``scores (B, K')``
     float32, the model's score of the chosen item at its position; ``explored (B, K')``;
     ``propensity (B, K')`` float64 (see the module docstring); ``unknown (B, C)`` candidates
-    missing from the bundle's item table; ``states``: each session's state after the list.
+    missing from the bundle's item table; ``states``: each session's state after the list;
+    ``timings``: seconds spent featurising and in the graphs (the rest is list building).
     """
 
     index: np.ndarray
@@ -148,6 +150,7 @@ class Lists:
     propensity: np.ndarray
     unknown: np.ndarray
     states: list[SessionState]
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _check_candidates(candidates: np.ndarray) -> None:
@@ -171,6 +174,7 @@ def build_lists(
     exploration: Exploration | None = None,
     rng: np.random.Generator | None = None,
     request_index: np.ndarray | None = None,
+    user_f: np.ndarray | None = None,
 ) -> Lists:
     """Build one list per request with ``model`` of ``bundle``.
 
@@ -181,6 +185,8 @@ def build_lists(
         k: list length, >= 1 (capped at ``C``).
         exploration: ``None`` or epsilon 0 ranks greedily; otherwise needs ``rng``.
         request_index: ``(B,)`` overrides ``state.request_index`` for the context field.
+        user_f: ``(B, n_user)`` user field ids replacing the table lookup of ``user_ids``
+            (:meth:`runtime.bundle.SideTables.user_with`).
 
     Raises RankingInputError naming the field and value for bad shapes, ``k < 1``, duplicate
     candidates, or exploration without a generator.
@@ -203,7 +209,9 @@ def build_lists(
     rows = np.arange(b)
 
     # Once per request.
-    user_f, _ = bundle.tables.users(np.asarray(user_ids, dtype=np.int64))
+    t_start = time.perf_counter()
+    if user_f is None:
+        user_f, _ = bundle.tables.users(np.asarray(user_ids, dtype=np.int64))
     req_idx = (
         np.array([s.request_index for s in states], dtype=np.int64)
         if request_index is None
@@ -227,6 +235,9 @@ def build_lists(
     if model.stateful:
         feeds["buffer"] = np.stack([s.buffer for s in states]).astype(np.float32, copy=False)
         feeds["mask"] = np.stack([s.mask for s in states])
+    t_model = 0.0
+    t0 = time.perf_counter()
+    t_feat = t0 - t_start
     graphs = model.spec.graphs
     req_in = [i.name for i in graphs["request"].inputs]
     req_out = [o.name for o in graphs["request"].outputs]
@@ -245,8 +256,13 @@ def build_lists(
     explored = np.zeros((b, k_eff), dtype=bool)
     propensity = np.ones((b, k_eff), dtype=np.float64)
     for t in range(k_eff):
+        t0 = time.perf_counter()
         enc.slot_ids(slot_list, t, same_tag, same_author)
+        t1 = time.perf_counter()
         (q,) = model.run("score", {n: feeds[n] for n in score_in})
+        t2 = time.perf_counter()
+        t_feat += t1 - t0
+        t_model += t2 - t1
         masked = np.where(placed, -np.inf, q)
         best = masked.argmax(axis=1)
         pick = best
@@ -272,7 +288,9 @@ def build_lists(
                 [user_ctx, item_f[rows, pick],
                  enc.merge(request_list[rows, pick], slot_list[rows, pick])], axis=1,
             )  # fmt: skip
+            t0 = time.perf_counter()
             outs = model.run("step", {n: feeds[n] for n in step_in})
+            t_model += time.perf_counter() - t0
             feeds.update(zip(step_out, outs, strict=True))
 
     new_states = []
@@ -299,6 +317,11 @@ def build_lists(
         propensity=propensity,
         unknown=~known,
         states=new_states,
+        timings={
+            "featurise": t_feat,
+            "model": t_model,
+            "total": time.perf_counter() - t_start,
+        },  # fmt: skip
     )
 
 

@@ -65,11 +65,13 @@ def bucket_of(seed: str, user_id: str | int) -> int:
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm: its name, traffic weight in [0, 1], and exploration settings.
+    """One arm: its name (the bundle model that serves it), traffic weight in [0, 1], and
+    exploration settings.
 
-    ``exploration_rate`` is the share of requests in [0, 1) that explore; ``exploration_top_k``
-    (>= 1) is how many of the top slots exploration may touch. Raises ValueError naming the
-    field and value when one is out of range.
+    ``exploration_rate`` in [0, 1) is the probability, at each position of a list, of a uniform
+    pick among the ``exploration_top_k`` (>= 1) best remaining candidates instead of the best
+    one (``runtime.lists.Exploration``; the propensities are logged). Raises ValueError naming
+    the field and value when one is out of range.
     """
 
     name: str
@@ -235,3 +237,69 @@ def _user_key(user_id: str | int) -> str:
     if not uid:
         raise ValueError("user id is empty: it cannot be hashed into a bucket")
     return uid
+
+
+def experiment_from_dict(d: Mapping[str, object]) -> Experiment:
+    """An :class:`Experiment` from its JSON form::
+
+        {"seed": "ranker-ab", "coverage": 1.0, "overrides": {"42": "drl_teacher"},
+         "arms": [{"name": "drl_student", "weight": 0.8, "exploration_rate": 0.05,
+                   "exploration_top_k": 3}, ...]}
+
+    Raises ValueError naming the missing or bad key.
+    """
+    if not isinstance(d, Mapping):
+        raise ValueError(f"experiment must be a JSON object, got {type(d).__name__}")
+    unknown = set(d) - {"seed", "arms", "coverage", "overrides"}
+    if unknown:
+        raise ValueError(f"experiment: unknown keys {sorted(unknown)}")
+    arms_raw = d.get("arms")
+    if not isinstance(arms_raw, list):
+        raise ValueError(f"experiment: 'arms' must be a list, got {arms_raw!r}")
+    arms = []
+    for i, a in enumerate(arms_raw):
+        if not isinstance(a, Mapping):
+            raise ValueError(f"experiment: arms[{i}] must be an object, got {a!r}")
+        extra = set(a) - {"name", "weight", "exploration_rate", "exploration_top_k"}
+        if extra:
+            raise ValueError(f"experiment: arms[{i}]: unknown keys {sorted(extra)}")
+        try:
+            arms.append(
+                Arm(
+                    name=a["name"],  # type: ignore[arg-type]
+                    weight=float(a["weight"]),  # type: ignore[arg-type]
+                    exploration_rate=float(a.get("exploration_rate", 0.0)),  # type: ignore[arg-type]
+                    exploration_top_k=a.get("exploration_top_k", 1),  # type: ignore[arg-type]
+                )
+            )
+        except KeyError as e:
+            raise ValueError(f"experiment: arms[{i}] lacks {e}") from None
+        except TypeError as e:
+            raise ValueError(f"experiment: arms[{i}]: {e}") from None
+    overrides = d.get("overrides", {})
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"experiment: 'overrides' must be an object, got {overrides!r}")
+    return Experiment(
+        seed=str(d.get("seed", "")),
+        arms=tuple(arms),
+        coverage=float(d.get("coverage", 1.0)),  # type: ignore[arg-type]
+        overrides={str(k): str(v) for k, v in overrides.items()},
+    )
+
+
+def experiment_to_dict(e: Experiment) -> dict[str, object]:
+    """The JSON form :func:`experiment_from_dict` reads."""
+    return {
+        "seed": e.seed,
+        "coverage": e.coverage,
+        "overrides": dict(e.overrides),
+        "arms": [
+            {
+                "name": a.name,
+                "weight": a.weight,
+                "exploration_rate": a.exploration_rate,
+                "exploration_top_k": a.exploration_top_k,
+            }
+            for a in e.arms
+        ],  # fmt: skip
+    }

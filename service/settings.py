@@ -5,15 +5,15 @@ module holds a settings object. Every field has a description and bounds, so a b
 refused at start with a message naming the field (``RANKER_STATE_TTL_S=-1`` ->
 ``state_ttl_s: Input should be greater than 0``).
 
-Groups: session-state store (in-process or Redis), exposure log. The app's own fields (bundle
-dir, admin token, host/port, candidate limits) belong in the same class.
+Groups: the app (bundle, experiment, request limits, admin token, server), the session-state
+store (in-process or Redis), the exposure log.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,32 @@ class Settings(BaseSettings):
     """Everything the service reads from its environment (prefix ``RANKER_``)."""
 
     model_config = SettingsConfigDict(env_prefix="RANKER_", extra="forbid", frozen=True)
+
+    # The app.
+    bundle_dir: Path = Field(
+        Path("models/default"), description="Model bundle folder served at start."
+    )
+    experiment_file: Path | None = Field(
+        None,
+        description="Experiment JSON (seed, arms with weights and exploration, QA overrides); "
+        "unset: the default split over the bundle's models (see service.app).",
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of the /admin routes (reload a bundle, change the "
+        "experiment); unset: admin routes answer 403.",
+    )
+    max_candidates: int = Field(1000, ge=1, description="Most candidate items per request.")
+    max_k: int = Field(100, ge=1, description="Longest list a request may ask for.")
+    max_body_bytes: int = Field(
+        1_000_000, ge=1024, description="Largest request body accepted, bytes (413 beyond)."
+    )
+    explore_seed: int | None = Field(
+        None, description="Seed of the exploration draws (unset: fresh entropy per process)."
+    )
+    host: str = Field("127.0.0.1", description="Address `ranker serve` binds.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `ranker serve` binds.")
+    workers: int = Field(1, ge=1, description="Uvicorn worker processes of `ranker serve`.")
 
     # Session-state store.
     redis_url: str | None = Field(

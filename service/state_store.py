@@ -137,9 +137,13 @@ class InProcessStore:
 
     async def get(self, key: str) -> bytes | None:
         """The state stored under ``key``, or None if absent or expired."""
+        return (await self.lookup(key))[0]
+
+    async def lookup(self, key: str) -> tuple[bytes | None, bool]:
+        """``(state or None, True)``: an in-process store never fails."""
         value = self._cache.get(key)
         self.stats.record("miss" if value is None else "hit")
-        return value
+        return value, True
 
     async def set(self, key: str, value: bytes) -> None:
         """Store ``value`` under ``key`` for ``ttl_s`` seconds. TypeError if not bytes."""
@@ -231,15 +235,20 @@ class RedisStore:
 
     async def get(self, key: str) -> bytes | None:
         """The state under ``key``; None if absent, expired, or Redis failed (counted)."""
+        return (await self.lookup(key))[0]
+
+    async def lookup(self, key: str) -> tuple[bytes | None, bool]:
+        """``(state or None, ok)``: ``ok`` is False when Redis failed or was skipped (the
+        caller serves a degraded, cold state) and True for a hit or a plain miss."""
         if self._skip():
-            return None
+            return None, False
         try:
             value = await self._client.get(self.prefix + key)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
-            return None
+            return None, False
         self.stats.record("miss" if value is None else "hit")
-        return cast(bytes | None, value)  # decode_responses=False: Redis returns bytes
+        return cast(bytes | None, value), True  # decode_responses=False: Redis returns bytes
 
     async def set(self, key: str, value: bytes) -> None:
         """Store ``value`` with the TTL; skipped (counted) when Redis fails. TypeError if not

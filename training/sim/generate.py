@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from contract.schema import FEEDBACK_BINARY, LOG_SCHEMA
+from contract.schema import FEEDBACK_BINARY, LOG_SCHEMA, log_table
 from training.data.pipeline import DatasetBuilder
 from training.sim.config import WorldConfig
 from training.sim.env import REQUEST_GAP_MS, Env, Feedback, Observation
@@ -23,18 +23,6 @@ from training.sim.world import build_world
 
 LOGGING_ARM = "logging"
 LOGGING_VERSION = "sim-logging-v1"
-
-
-def repeated_string(value: str, n: int) -> pa.Array:
-    """A string array of ``n`` copies of ``value``, built from buffers (no Python strings)."""
-    raw = value.encode()
-    offsets = np.arange(n + 1, dtype=np.int32) * len(raw)
-    data = np.frombuffer(raw * n, dtype=np.uint8) if n and raw else np.zeros(0, np.uint8)
-    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-
-
-REQUEST_COLUMNS = ("request_id", "session_id", "user_id", "timestamp", "request_index")
-SHOWN_COLUMNS = ("propensity", *FEEDBACK_BINARY, "watch_time")
 
 
 def request_columns(
@@ -67,27 +55,9 @@ def request_columns(
 def columns_table(
     cols: dict[str, np.ndarray], arm: str = LOGGING_ARM, model_version: str = LOGGING_VERSION
 ) -> pa.Table:
-    """An impression-log table (one row per candidate) from :func:`request_columns` arrays."""
-    r, c = cols["item_id"].shape
-    k = cols["propensity"].shape[1]
-    n = r * c
-    null = np.ones((r, c), dtype=bool)
-    null[:, :k] = False
-    null = null.ravel()
-    pos = np.full((r, c), -1, dtype=np.int16)
-    pos[:, :k] = np.arange(k, dtype=np.int16)
-    arrays: dict[str, pa.Array] = {
-        name: pa.array(np.repeat(cols[name], c)) for name in REQUEST_COLUMNS
-    }
-    arrays["position"] = pa.array(pos.ravel())
-    arrays["item_id"] = pa.array(cols["item_id"].ravel())
-    arrays["arm"] = repeated_string(arm, n)
-    arrays["model_version"] = repeated_string(model_version, n)
-    for name in SHOWN_COLUMNS:
-        v = np.zeros((r, c), dtype=cols[name].dtype)
-        v[:, :k] = cols[name]
-        arrays[name] = pa.array(v.ravel(), mask=null)
-    return pa.table({f.name: arrays[f.name] for f in LOG_SCHEMA}, schema=LOG_SCHEMA)
+    """An impression-log table (one row per candidate) from :func:`request_columns` arrays:
+    ``contract.schema.log_table``, the row builder every writer shares."""
+    return log_table(cols, arm, model_version)
 
 
 def request_rows(

@@ -1,0 +1,501 @@
+"""The ranking service: FastAPI app, built by :func:`create_app` from one :class:`Settings`.
+
+Everything heavy is built in the lifespan handler and kept on ``app.state`` (STYLE.md 1): the
+bundle (loaded, verified and warmed through every graph before /readyz says ready), the
+experiment, the session-state store, the exposure and feedback log sinks, the metrics
+registry. Routes are short and read them through :func:`services`.
+
+The serving pair (bundle + experiment) is one immutable :class:`Serving` object replaced
+atomically by a reload or an experiment change; a request takes it once at its start, so a
+request in flight finishes on the bundle it started with and a reload never fails one.
+
+POST /v1/rank: the user's arm (GrowthBook-compatible bucketing, QA override), the session's
+cached state under ``state_key(state_schema_version, arm, session)`` (a failing store serves a
+cold state: "degraded"), the arm's model through :func:`runtime.lists.build_lists` with the
+arm's exploration, the new state written back, and the served list logged as impression-log
+rows (every candidate, shown ones with position and propensity) off the request path.
+POST /v1/feedback: events logged, clicks added to the session state (the ``session_clicks``
+list field of the next request). /v1/models, /healthz, /readyz, /metrics, and the
+token-protected /admin/reload and /admin/experiment.
+
+Default experiment (no ``experiment_file``): ``drl_student`` 80% (exploration 5% per
+position among its top 3), ``drl_teacher`` 10%, ``wide_deep_weighted`` 10%, over whichever of
+these the bundle has (weights renormalised), seed ``ranker-default``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import pyarrow as pa
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry
+
+from contract.bundle import BundleError
+from contract.schema import FEEDBACK_BINARY, log_table
+from runtime.bundle import Bundle, load_bundle
+from runtime.lists import Exploration, RankingInputError, SessionState, build_lists
+from service.bucketing import (
+    Arm,
+    Experiment,
+    experiment_from_dict,
+    experiment_to_dict,
+)
+from service.exposure import FEEDBACK_SCHEMA, LogSinks, build_log_sinks
+from service.metrics import Metrics, build_metrics, render_metrics
+from service.schemas import (
+    FeedbackRequest,
+    FeedbackResponse,
+    ModelsResponse,
+    RankRequest,
+    RankResponse,
+    ReloadRequest,
+)
+from service.settings import Settings
+from service.state_store import StateStore, build_state_store, state_key
+
+DEFAULT_SPLIT = (("drl_student", 0.8, 0.05, 3), ("drl_teacher", 0.1, 0.0, 1),
+                 ("wide_deep_weighted", 0.1, 0.0, 1))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What a request ranks with; replaced whole, never mutated."""
+
+    bundle: Bundle
+    experiment: Experiment
+
+
+@dataclass
+class Services:
+    settings: Settings
+    serving: Serving
+    store: StateStore
+    sinks: LogSinks
+    metrics: Metrics
+    registry: CollectorRegistry
+    rng: np.random.Generator
+    ready: bool = False
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class ServiceError(Exception):
+    """A request the service refuses: HTTP ``status``, the field at fault and a message."""
+
+    def __init__(self, status: int, field: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.field, self.message = status, field, message
+
+
+def default_experiment(bundle: Bundle) -> Experiment:
+    arms = [(n, w, e, k) for n, w, e, k in DEFAULT_SPLIT if n in bundle.models]
+    if not arms:
+        arms = [(n, 1.0, 0.0, 1) for n in bundle.models]
+    total = sum(a[1] for a in arms)
+    return Experiment(
+        seed="ranker-default",
+        arms=tuple(Arm(n, w / total, e, k) for n, w, e, k in arms),
+    )
+
+
+def check_experiment(experiment: Experiment, bundle: Bundle) -> None:
+    """Every arm must name a model of the bundle; raises ValueError naming the arm."""
+    missing = [a.name for a in experiment.arms if a.name not in bundle.models]
+    if missing:
+        raise ValueError(
+            f"experiment arms {missing} have no model in bundle {bundle.version} "
+            f"(models: {sorted(bundle.models)})"
+        )
+
+
+def load_experiment(settings: Settings, bundle: Bundle) -> Experiment:
+    if settings.experiment_file is None:
+        return default_experiment(bundle)
+    try:
+        raw = json.loads(Path(settings.experiment_file).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"experiment_file {settings.experiment_file}: {e}") from None
+    exp = experiment_from_dict(raw)
+    check_experiment(exp, bundle)
+    return exp
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+Svc = Annotated[Services, Depends(services)]
+Authorization = Annotated[str | None, Header()]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app for ``settings`` (default: read from ``RANKER_*``); heavy work in lifespan."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = CollectorRegistry()
+        metrics = build_metrics(registry)
+        bundle = await asyncio.to_thread(load_bundle, settings.bundle_dir)
+        experiment = load_experiment(settings, bundle)
+        store = build_state_store(settings, on_event=metrics.record_state_event)
+        sinks = build_log_sinks(settings, on_drop=metrics.record_log_drop)
+        sinks.start()
+        svc = Services(settings, Serving(bundle, experiment), store, sinks, metrics, registry,
+                       np.random.default_rng(settings.explore_seed))  # fmt: skip
+        app.state.services = svc
+        svc.ready = True
+        try:
+            yield
+        finally:
+            svc.ready = False
+            await sinks.close()
+            await store.close()
+
+    app = FastAPI(
+        title="ranker",
+        version="1",
+        summary="List-wise RL ranking: cached-state list building, A/B arms, exploration.",
+        lifespan=lifespan,
+    )
+    _install_errors(app, settings)
+    _install_routes(app)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (each worker reads its settings from RANKER_*)."""
+    return create_app(Settings())
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def _install_errors(app: FastAPI, settings: Settings) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for e in exc.errors():
+            loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+            value = e.get("input")
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                value = repr(value)
+            if isinstance(value, (dict, list)) and len(json.dumps(value)) > 200:
+                value = f"<{type(value).__name__} of {len(value)}>"
+            errors.append({"field": ".".join(loc) or "body", "value": value, "message": e["msg"]})
+        _count_error(request, "validation")
+        first = errors[0] if errors else {"field": "body", "value": None, "message": "invalid"}
+        return JSONResponse(
+            status_code=422,
+            content={"error": f"{first['field']}: {first['message']} (got {first['value']!r})",
+                     "errors": errors},
+        )  # fmt: skip
+
+    @app.exception_handler(ServiceError)
+    async def _service(request: Request, exc: ServiceError) -> JSONResponse:
+        _count_error(request, exc.field)
+        return JSONResponse(status_code=exc.status,
+                            content={"error": exc.message, "field": exc.field})  # fmt: skip
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return JSONResponse(status_code=400, content={
+                    "error": f"content-length: not a number ({length!r})",
+                    "field": "content-length"})  # fmt: skip
+            if int(length) > settings.max_body_bytes:
+                return JSONResponse(status_code=413, content={
+                    "error": f"body of {length} bytes exceeds {settings.max_body_bytes}",
+                    "field": "body"})  # fmt: skip
+        return await call_next(request)
+
+
+def _count_error(request: Request, reason: str) -> None:
+    svc = getattr(request.app.state, "services", None)
+    if svc is not None:
+        svc.metrics.errors.labels(reason=reason[:32]).inc()
+
+
+# --- routes ------------------------------------------------------------------------------------
+
+
+def _install_routes(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz(request: Request) -> JSONResponse:
+        """Ready once the bundle is loaded, verified and warmed (503 before)."""
+        svc = getattr(request.app.state, "services", None)
+        if svc is None or not svc.ready:
+            return JSONResponse(status_code=503, content={"status": "loading"})
+        return JSONResponse({"status": "ready", "bundle_version": svc.serving.bundle.version})
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics(svc: Svc) -> Response:
+        """Prometheus exposition (all workers' values under multiprocess mode)."""
+        body, content_type = render_metrics(svc.registry)
+        return Response(body, media_type=content_type)
+
+    @app.get("/v1/models", response_model=ModelsResponse, tags=["ranking"])
+    async def models(svc: Svc) -> ModelsResponse:
+        """The serving bundle, its models and the traffic split."""
+        return _models_info(svc)
+
+    @app.post("/v1/rank", response_model=RankResponse, tags=["ranking"],
+              responses={422: {"description": "a field breaks the API's limits"}})  # fmt: skip
+    async def rank(body: RankRequest, svc: Svc) -> Response:
+        """Rank the candidates into a list of ``k`` for the user's arm and session."""
+        return await _rank(body, svc)
+
+    @app.post("/v1/feedback", response_model=FeedbackResponse, tags=["ranking"])
+    async def feedback(body: FeedbackRequest, svc: Svc) -> FeedbackResponse:
+        """Log feedback events and add their clicks to the session's state."""
+        return await _feedback(body, svc)
+
+    @app.post("/admin/reload", tags=["admin"])
+    async def reload(body: ReloadRequest, svc: Svc,
+                     authorization: Authorization = None) -> dict[str, Any]:  # fmt: skip
+        """Load, verify and warm a bundle, then swap it in; a bad bundle is refused (409) and
+        the current one keeps serving."""
+        _check_token(svc, authorization)
+        path = Path(body.bundle_dir) if body.bundle_dir else svc.serving.bundle.path
+        async with svc.reload_lock:
+            try:
+                bundle = await asyncio.to_thread(load_bundle, path)
+                check_experiment(svc.serving.experiment, bundle)
+            except (BundleError, ValueError, OSError) as e:
+                raise ServiceError(409, "bundle_dir", f"bundle refused, still serving "
+                                   f"{svc.serving.bundle.version}: {e}") from None  # fmt: skip
+            old = svc.serving.bundle.version
+            svc.serving = Serving(bundle, svc.serving.experiment)
+        return {"status": "reloaded", "from": old, "bundle_version": bundle.version}
+
+    @app.post("/admin/experiment", tags=["admin"])
+    async def experiment(body: dict[str, Any], svc: Svc,
+                         authorization: Authorization = None) -> dict[str, Any]:  # fmt: skip
+        """Replace the experiment (arms, weights, exploration, QA overrides)."""
+        _check_token(svc, authorization)
+        try:
+            exp = experiment_from_dict(body)
+            check_experiment(exp, svc.serving.bundle)
+        except ValueError as e:
+            raise ServiceError(422, "experiment", str(e)) from None
+        async with svc.reload_lock:
+            svc.serving = Serving(svc.serving.bundle, exp)
+        return {"status": "updated", "experiment": experiment_to_dict(exp)}
+
+
+def _check_token(svc: Services, authorization: str | None) -> None:
+    token = svc.settings.admin_token
+    if token is None:
+        raise ServiceError(403, "authorization", "admin routes are disabled (no admin token set)")
+    want = f"Bearer {token.get_secret_value()}"
+    if authorization is None or not secrets.compare_digest(authorization.encode(), want.encode()):
+        raise ServiceError(401, "authorization", "missing or wrong admin bearer token")
+
+
+def _models_info(svc: Services) -> ModelsResponse:
+    serving = svc.serving
+    b, e = serving.bundle, serving.experiment
+    return ModelsResponse(
+        bundle_version=b.version,
+        bundle_dir=str(b.path),
+        state_schema_version=b.manifest.state_schema_version,
+        experiment_seed=e.seed,
+        arms=[
+            {
+                "name": a.name,
+                "weight": a.weight,
+                "bucket_range": r,
+                "exploration_rate": a.exploration_rate,
+                "exploration_top_k": a.exploration_top_k,
+                "model_version": b.model(a.name).spec.model_version,
+            }
+            for a, r in zip(e.arms, e.ranges(), strict=True)
+        ],  # fmt: skip
+        models={
+            n: {
+                "kind": m.spec.kind,
+                "model_version": m.spec.model_version,
+                "params": m.spec.params,
+                "bytes": m.spec.bytes,
+                "metrics": m.spec.metrics,
+            }
+            for n, m in b.models.items()
+        },  # fmt: skip
+    )
+
+
+def _new_id() -> int:
+    return secrets.randbits(63)
+
+
+async def _rank(body: RankRequest, svc: Services) -> Response:
+    t_start = time.perf_counter()
+    serving = svc.serving  # one bundle for the whole request, whatever a reload does meanwhile
+    bundle, exp = serving.bundle, serving.experiment
+    settings, m = svc.settings, svc.metrics
+    if len(body.candidates) > settings.max_candidates:
+        raise ServiceError(422, "candidates", f"candidates: {len(body.candidates)} items exceed "
+                           f"the maximum of {settings.max_candidates}")  # fmt: skip
+    if body.k > settings.max_k:
+        raise ServiceError(422, "k", f"k: {body.k} exceeds the maximum of {settings.max_k}")
+    assignment = exp.assign(body.user_id)
+    if body.arm is not None:
+        if body.arm not in exp.arm_names:
+            raise ServiceError(422, "arm", f"arm: {body.arm!r} is not an arm of the experiment "
+                               f"({list(exp.arm_names)})")  # fmt: skip
+        arm_name = body.arm
+    else:
+        arm_name = assignment.arm
+    arm = exp.arm(arm_name)
+    model = bundle.model(arm_name)
+    user_f = None
+    if body.user_features:
+        try:
+            user_f = bundle.tables.user_with(body.user_id, body.user_features)
+        except KeyError as e:
+            raise ServiceError(422, "user_features", str(e.args[0])) from None
+    session_id = body.session_id if body.session_id is not None else _new_id()
+    key = state_key(bundle.manifest.state_schema_version, arm_name, session_id)
+
+    t0 = time.perf_counter()
+    raw, ok = await svc.store.lookup(key)
+    state_kind = "degraded" if not ok else ("warm" if raw is not None else "cold")
+    state = None
+    if raw is not None:
+        try:
+            state = SessionState.from_bytes(raw)
+        except ValueError:
+            state_kind = "cold"
+            m.errors.labels(reason="state_decode").inc()
+    if state is None or state.buffer.shape != (model.memory, model.enc_dim):
+        state = SessionState.new(model, bundle.spec.recent_window)
+    t1 = time.perf_counter()
+
+    if body.exploration is not None:
+        exploration = Exploration(body.exploration.epsilon, body.exploration.top_k)
+    else:
+        exploration = Exploration(arm.exploration_rate, arm.exploration_top_k)
+    ts = (
+        body.context.timestamp_ms
+        if body.context.timestamp_ms is not None
+        else int(time.time() * 1000)
+    )
+    req_idx = None if body.context.request_index is None else np.array([body.context.request_index])
+    candidates = np.asarray(body.candidates, dtype=np.int64)[None]
+    try:
+        lists = build_lists(bundle, model, [state], np.array([body.user_id]), np.array([ts]),
+                            candidates, body.k, exploration, svc.rng, request_index=req_idx,
+                            user_f=user_f)  # fmt: skip
+    except RankingInputError as e:
+        raise ServiceError(422, "candidates", str(e)) from None
+    t2 = time.perf_counter()
+    new_state = lists.states[0]
+    await svc.store.set(key, new_state.to_bytes())
+    t3 = time.perf_counter()
+
+    request_id = _new_id()
+    order = np.concatenate(
+        [
+            lists.index[0],
+            np.setdiff1d(np.arange(candidates.shape[1]), lists.index[0], assume_unique=True),
+        ]
+    )
+    svc.sinks.exposures.submit(log_table({
+        "request_id": np.array([request_id]), "session_id": np.array([session_id]),
+        "user_id": np.array([body.user_id]), "timestamp": np.array([ts]),
+        "request_index": np.array([new_state.request_index - 1], dtype=np.int32),
+        "item_id": candidates[:, order], "propensity": lists.propensity,
+    }, arm_name, model.spec.model_version))  # fmt: skip
+    t4 = time.perf_counter()
+
+    n_unknown = int(lists.unknown.sum())
+    items = [
+        {"item_id": int(i), "position": p, "score": float(s), "explored": bool(x),
+         "propensity": float(pr)}
+        for p, (i, s, x, pr) in enumerate(zip(lists.item_ids[0].tolist(), lists.scores[0].tolist(),
+                                              lists.explored[0].tolist(),
+                                              lists.propensity[0].tolist(), strict=True))
+    ]  # fmt: skip
+    response = JSONResponse({
+        "request_id": request_id, "session_id": session_id, "arm": arm_name,
+        "bucket": assignment.bucket, "model_version": model.spec.model_version,
+        "bundle_version": bundle.version, "state": state_kind, "unknown_items": n_unknown,
+        "items": items,
+    })  # fmt: skip
+    t5 = time.perf_counter()
+
+    stage = m.stage_seconds
+    stage.labels(stage="state_fetch", arm=arm_name).observe(t1 - t0)
+    stage.labels(stage="featurise", arm=arm_name).observe(lists.timings["featurise"])
+    stage.labels(stage="model", arm=arm_name).observe(lists.timings["model"])
+    stage.labels(stage="list_build", arm=arm_name).observe(t2 - t1)
+    stage.labels(stage="state_write", arm=arm_name).observe(t3 - t2)
+    stage.labels(stage="log", arm=arm_name).observe(t4 - t3)
+    stage.labels(stage="serialise", arm=arm_name).observe(t5 - t4)
+    m.candidates.observe(candidates.shape[1])
+    if n_unknown:
+        m.unknown_items.labels(arm=arm_name).inc(n_unknown)
+    n_explored = int(lists.explored.sum())
+    if n_explored:
+        m.explored_items.labels(arm=arm_name).inc(n_explored)
+    m.request_seconds.labels(route="/v1/rank", arm=arm_name).observe(time.perf_counter() - t_start)
+    return response
+
+
+async def _feedback(body: FeedbackRequest, svc: Services) -> FeedbackResponse:
+    t_start = time.perf_counter()
+    serving = svc.serving
+    exp, bundle = serving.experiment, serving.bundle
+    if body.arm is not None and body.arm not in exp.arm_names:
+        raise ServiceError(422, "arm", f"arm: {body.arm!r} is not an arm of the experiment "
+                           f"({list(exp.arm_names)})")  # fmt: skip
+    arm = body.arm or exp.assign(body.user_id).arm
+    now = int(time.time() * 1000)
+    cols: dict[str, list] = {f.name: [] for f in FEEDBACK_SCHEMA}
+    clicks = 0
+    for e in body.events:
+        cols["request_id"].append(body.request_id)
+        cols["item_id"].append(e.item_id)
+        cols["position"].append(e.position)
+        cols["timestamp"].append(e.timestamp_ms if e.timestamp_ms is not None else now)
+        for name in FEEDBACK_BINARY:
+            cols[name].append(getattr(e, name))
+        cols["watch_time"].append(e.watch_time)
+        clicks += int(e.click or 0)
+    svc.sinks.feedback.submit(pa.table(cols, schema=FEEDBACK_SCHEMA))
+    session_clicks = None
+    key = state_key(bundle.manifest.state_schema_version, arm, body.session_id)
+    raw, ok = await svc.store.lookup(key)
+    if raw is not None:
+        try:
+            state = SessionState.from_bytes(raw)
+            state.clicks += clicks
+            session_clicks = state.clicks
+            if clicks:
+                await svc.store.set(key, state.to_bytes())
+        except ValueError:
+            svc.metrics.errors.labels(reason="state_decode").inc()
+    svc.metrics.request_seconds.labels(route="/v1/feedback", arm=arm).observe(
+        time.perf_counter() - t_start
+    )
+    return FeedbackResponse(accepted=len(body.events), session_clicks=session_clicks)
