@@ -187,10 +187,16 @@ def _install_errors(app: FastAPI, settings: Settings) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = []
         for e in exc.errors():
+            if e.get("type") == "json_invalid":  # loc is ("body", <char offset>): name the body
+                pos, doc = e["loc"][-1], exc.body if isinstance(exc.body, str) else ""
+                why = e.get("ctx", {}).get("error", e["msg"])
+                errors.append({"field": "body", "value": doc[max(0, pos - 20) : pos + 20],
+                               "message": f"invalid JSON at character {pos}: {why}"})  # fmt: skip
+                continue
             loc = [str(x) for x in e.get("loc", ()) if x != "body"]
             value = e.get("input")
             try:
-                json.dumps(value)
+                json.dumps(value, allow_nan=False)  # as the response will: NaN is no JSON
             except (TypeError, ValueError):
                 value = repr(value)
             if isinstance(value, (dict, list)) and len(json.dumps(value)) > 200:
@@ -222,6 +228,17 @@ def _install_errors(app: FastAPI, settings: Settings) -> None:
                 return JSONResponse(status_code=413, content={
                     "error": f"body of {length} bytes exceeds {settings.max_body_bytes}",
                     "field": "body"})  # fmt: skip
+        elif request.method not in ("GET", "HEAD", "OPTIONS"):
+            # No length (chunked): count the body as it arrives. What is read here is kept
+            # (``_body``, as Request.body() does) and Starlette hands it on to the route.
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > settings.max_body_bytes:
+                    return JSONResponse(status_code=413, content={
+                        "error": f"body exceeds {settings.max_body_bytes} bytes (chunked)",
+                        "field": "body"})  # fmt: skip
+            request._body = bytes(body)
         return await call_next(request)
 
 
