@@ -242,11 +242,21 @@ def build_lists(
     req_in = [i.name for i in graphs["request"].inputs]
     req_out = [o.name for o in graphs["request"].outputs]
     feeds.update(zip(req_out, model.run("request", {n: feeds[n] for n in req_in}), strict=True))
-    score_in = [i.name for i in graphs["score"].inputs]
-    step_in = [i.name for i in graphs["step"].inputs] if model.stateful else []
-    step_out = (
-        [o.name.removeprefix("next_") for o in graphs["step"].outputs] if model.stateful else []
-    )
+    t1 = time.perf_counter()
+    t_model += t1 - t0
+    score_feeds = {i.name: feeds[i.name] for i in graphs["score"].inputs}
+    if model.stateful:
+        step_feeds = {i.name: feeds[i.name] for i in graphs["step"].inputs if i.name in feeds}
+        step_out = [o.name.removeprefix("next_") for o in graphs["step"].outputs]
+        # A placed item's 22 ids: everything but its per-slot list fields is known now.
+        n_uc, n_item = user_ctx.shape[1], item_f.shape[2]
+        imp_base = np.concatenate(
+            [np.broadcast_to(user_ctx[:, None], (b, c, n_uc)), item_f,
+             enc.merge(request_list, np.zeros_like(slot_list))], axis=2,
+        )  # fmt: skip
+        # Spec columns of the per-slot fields (merge's inverse permutation).
+        slot_cols = n_uc + n_item + np.argsort(enc.order_index)[enc.n_request :]
+    t_feat += time.perf_counter() - t1
 
     placed = np.zeros((b, c), dtype=bool)
     same_tag = np.zeros((b, c), dtype=np.int64)
@@ -259,17 +269,17 @@ def build_lists(
         t0 = time.perf_counter()
         enc.slot_ids(slot_list, t, same_tag, same_author)
         t1 = time.perf_counter()
-        (q,) = model.run("score", {n: feeds[n] for n in score_in})
+        (q,) = model.run("score", score_feeds)
         t2 = time.perf_counter()
         t_feat += t1 - t0
         t_model += t2 - t1
-        masked = np.where(placed, -np.inf, q)
-        best = masked.argmax(axis=1)
+        q[placed] = -np.inf  # onnxruntime hands back a fresh array
+        best = q.argmax(axis=1)
         pick = best
         if explore:
             assert exploration is not None and rng is not None
             kk = min(exploration.top_k, c - t)
-            top = np.argsort(-masked, axis=1, kind="stable")[:, :kk]
+            top = np.argsort(-q, axis=1, kind="stable")[:, :kk]
             go = rng.random(b) < exploration.epsilon
             draw = top[rows, rng.integers(0, kk, size=b)]
             pick = np.where(go, draw, best)
@@ -284,14 +294,17 @@ def build_lists(
         same_tag += tags == tags[rows, pick][:, None]
         same_author += authors == authors[rows, pick][:, None]
         if model.stateful:
-            feeds["impression_ids"] = np.concatenate(
-                [user_ctx, item_f[rows, pick],
-                 enc.merge(request_list[rows, pick], slot_list[rows, pick])], axis=1,
-            )  # fmt: skip
+            imp = imp_base[rows, pick]
+            imp[:, slot_cols] = slot_list[rows, pick]
+            step_feeds["impression_ids"] = imp
             t0 = time.perf_counter()
-            outs = model.run("step", {n: feeds[n] for n in step_in})
+            outs = model.run("step", step_feeds)
             t_model += time.perf_counter() - t0
-            feeds.update(zip(step_out, outs, strict=True))
+            for name, v in zip(step_out, outs, strict=True):
+                if name in step_feeds:
+                    step_feeds[name] = v
+                if name in score_feeds:
+                    score_feeds[name] = v
 
     new_states = []
     for i, s in enumerate(states):
@@ -299,8 +312,8 @@ def build_lists(
         w = len(s.recent_tags)
         new_states.append(
             SessionState(
-                buffer=feeds["buffer"][i].copy() if model.stateful else s.buffer,
-                mask=feeds["mask"][i].copy() if model.stateful else s.mask,
+                buffer=step_feeds["buffer"][i].copy() if model.stateful else s.buffer,
+                mask=step_feeds["mask"][i].copy() if model.stateful else s.mask,
                 request_index=int(req_idx[i]) + 1,
                 depth=s.depth + k_eff,
                 clicks=s.clicks,

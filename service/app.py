@@ -43,7 +43,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
 
 from contract.bundle import BundleError
-from contract.schema import FEEDBACK_BINARY, log_table
+from contract.schema import FEEDBACK_BINARY
 from runtime.bundle import Bundle, load_bundle
 from runtime.lists import Exploration, RankingInputError, SessionState, build_lists
 from service.bucketing import (
@@ -216,30 +216,70 @@ def _install_errors(app: FastAPI, settings: Settings) -> None:
         return JSONResponse(status_code=exc.status,
                             content={"error": exc.message, "field": exc.field})  # fmt: skip
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+
+class BodyLimit:
+    """Pure ASGI middleware: a body over ``limit`` bytes is answered 413, by its
+    Content-Length before anything is read, or counted as it arrives when it has none
+    (chunked); a non-numeric Content-Length is answered 400. (Starlette's
+    ``BaseHTTPMiddleware`` would cost about a millisecond a request here.)"""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
         if length is not None:
             if not length.isdigit():
-                return JSONResponse(status_code=400, content={
-                    "error": f"content-length: not a number ({length!r})",
-                    "field": "content-length"})  # fmt: skip
-            if int(length) > settings.max_body_bytes:
-                return JSONResponse(status_code=413, content={
-                    "error": f"body of {length} bytes exceeds {settings.max_body_bytes}",
-                    "field": "body"})  # fmt: skip
-        elif request.method not in ("GET", "HEAD", "OPTIONS"):
-            # No length (chunked): count the body as it arrives. What is read here is kept
-            # (``_body``, as Request.body() does) and Starlette hands it on to the route.
-            body = bytearray()
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > settings.max_body_bytes:
-                    return JSONResponse(status_code=413, content={
-                        "error": f"body exceeds {settings.max_body_bytes} bytes (chunked)",
-                        "field": "body"})  # fmt: skip
-            request._body = bytes(body)
-        return await call_next(request)
+                await _send_error(
+                    send,
+                    400,
+                    "content-length",
+                    f"content-length: not a number ({length.decode()!r})",
+                )
+            elif int(length) > self.limit:
+                await _send_error(send, 413, "body",
+                                  f"body of {int(length)} bytes exceeds {self.limit}")  # fmt: skip
+            else:
+                await self.app(scope, receive, send)
+            return
+        received, refused = 0, False
+
+        async def counted() -> dict:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    refused = True
+                    await _send_error(send, 413, "body",
+                                      f"body exceeds {self.limit} bytes (chunked)")  # fmt: skip
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: dict) -> None:
+            if not refused:
+                await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not refused:
+                raise
+
+
+async def _send_error(send: Any, status: int, field: str, message: str) -> None:
+    body = json.dumps({"error": message, "field": field}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
 
 
 def _count_error(request: Request, reason: str) -> None:
@@ -362,7 +402,8 @@ def _models_info(svc: Services) -> ModelsResponse:
 
 
 def _new_id() -> int:
-    return secrets.randbits(63)
+    """A random id below 2^53, so JavaScript clients read it back exactly."""
+    return secrets.randbits(53)
 
 
 async def _rank(body: RankRequest, svc: Services) -> Response:
@@ -437,12 +478,12 @@ async def _rank(body: RankRequest, svc: Services) -> Response:
             np.setdiff1d(np.arange(candidates.shape[1]), lists.index[0], assume_unique=True),
         ]
     )
-    svc.sinks.exposures.submit(log_table({
+    svc.sinks.exposures.submit_columns({
         "request_id": np.array([request_id]), "session_id": np.array([session_id]),
         "user_id": np.array([body.user_id]), "timestamp": np.array([ts]),
         "request_index": np.array([new_state.request_index - 1], dtype=np.int32),
         "item_id": candidates[:, order], "propensity": lists.propensity,
-    }, arm_name, model.spec.model_version))  # fmt: skip
+    }, arm_name, model.spec.model_version)  # fmt: skip
     t4 = time.perf_counter()
 
     n_unknown = int(lists.unknown.sum())

@@ -53,7 +53,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
-from contract.schema import FEEDBACK, FEEDBACK_BINARY, LOG_SCHEMA, check_columns
+from contract.schema import FEEDBACK, FEEDBACK_BINARY, LOG_SCHEMA, check_columns, log_table
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ class LogSink:
         self.max_pending_rows = max_pending_rows
         self.stats = SinkStats()
         self._on_drop = on_drop
-        self._pending: list[pa.Table] = []
+        self._pending: list[pa.Table | _Columns] = []
         self._pending_rows = 0
         self._oldest_at = 0.0
         self._wake = asyncio.Event()
@@ -282,6 +282,29 @@ class LogSink:
             self._wake.set()
         return True
 
+    def submit_columns(self, cols: dict[str, np.ndarray], arm: str, model_version: str) -> bool:
+        """Queue served lists as the column arrays of ``contract.schema.log_table`` (for the
+        exposures log); the rows are built in the background, many requests per
+        ``log_table`` call, so the request path pays for a dict, not for Arrow arrays.
+        False if dropped (counted)."""
+        r, c = cols["item_id"].shape
+        n = r * c
+        self.stats.submitted_rows += n
+        if self._closing:
+            self._drop("closed", n)
+            return False
+        if self._pending_rows + n > self.max_pending_rows:
+            self._drop("queue_full", n)
+            return False
+        if not self._pending:
+            self._oldest_at = asyncio.get_running_loop().time()
+            self._wake.set()
+        self._pending.append(_Columns(cols, arm, model_version))
+        self._pending_rows += n
+        if self._pending_rows >= self.flush_rows:
+            self._wake.set()
+        return True
+
     async def close(self) -> None:
         """Write everything buffered, stop the task and close the writer (idempotent)."""
         if self._closed:
@@ -324,7 +347,7 @@ class LogSink:
     async def _flush(self) -> None:
         if not self._pending:
             return
-        table = pa.concat_tables(self._pending)
+        table = pa.concat_tables(_materialise(self._pending, self.schema))
         self._pending, self._pending_rows = [], 0
         for start in range(0, table.num_rows, self.flush_rows):
             batch = table.slice(start, self.flush_rows)
@@ -338,6 +361,44 @@ class LogSink:
                 continue
             self.stats.written_rows += batch.num_rows
             self.stats.written_batches += 1
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """Served lists waiting to become impression-log rows (see ``LogSink.submit_columns``)."""
+
+    cols: dict[str, np.ndarray]
+    arm: str
+    model_version: str
+
+    @property
+    def key(self) -> tuple:
+        return (self.arm, self.model_version, self.cols["item_id"].shape[1],
+                self.cols["propensity"].shape[1])  # fmt: skip
+
+
+def _materialise(pending: list[pa.Table | _Columns], schema: pa.Schema) -> list[pa.Table]:
+    """Tables in submission order; runs of column records of one arm, model version and
+    list shape are built by one ``log_table`` call."""
+    out: list[pa.Table] = []
+    run: list[_Columns] = []
+
+    def close_run() -> None:
+        if run:
+            cols = {k: np.concatenate([x.cols[k] for x in run]) for k in run[0].cols}
+            out.append(log_table(cols, run[0].arm, run[0].model_version).cast(schema))
+            run.clear()
+
+    for item in pending:
+        if isinstance(item, _Columns):
+            if run and run[0].key != item.key:
+                close_run()
+            run.append(item)
+        else:
+            close_run()
+            out.append(item)
+    close_run()
+    return out
 
 
 @dataclass

@@ -16,7 +16,10 @@ INT64 = 2**63 - 1
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=False)
+    """Unknown fields refused; no NaN or infinities; no coercion (``"7"`` or ``true`` is not
+    an id; an int is accepted where a float is asked)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class Context(Strict):

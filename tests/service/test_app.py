@@ -299,6 +299,9 @@ BAD_RANK = [
     ({"user_id": [1]}, (), "user_id", "[1]", 422),
     ({"user_id": -1}, (), "user_id", "-1", 422),
     ({"user_id": 1.5}, (), "user_id", "1.5", 422),
+    ({"user_id": True}, (), "user_id", "True", 422),  # no coercion: a bool is not an id
+    ({"user_id": "7"}, (), "user_id", "7", 422),
+    ({"k": "10"}, (), "k", "10", 422),
     ({"session_id": "s-1"}, (), "session_id", "s-1", 422),
     ({"k": 0}, (), "k", "0", 422),
     ({"k": 51}, (), "k", "51", 422),

@@ -421,3 +421,35 @@ async def test_join_logs_of_written_shards_is_a_valid_log_file(tmp_path: Path) -
 
 def pc_sum(table: pa.Table, column: str) -> int:
     return int(np.nansum(table.column(column).to_numpy(zero_copy_only=False)))
+
+
+@pytest.mark.asyncio
+async def test_submitted_columns_are_written_as_the_row_builder_builds_them(tmp_path: Path) -> None:
+    """Column records (the service's request path) are built into rows in the background,
+    runs of one arm in one ``log_table`` call, in submission order among plain tables."""
+    from contract.schema import log_table
+
+    rng = np.random.default_rng(1)
+    sink = parquet_sink(tmp_path)
+    sink.start()
+    expected = []
+    for i, arm in enumerate(["a", "a", "b", "table", "a"]):
+        if arm == "table":
+            t = exposure_table(rng, 900, 2)
+            sink.submit(t)
+            expected.append(t)
+            continue
+        cols = {
+            "request_id": np.array([i]), "session_id": np.array([7]), "user_id": np.array([3]),
+            "timestamp": np.array([1_700_000_000_000 + i]),
+            "request_index": np.array([i], dtype=np.int32),
+            "item_id": rng.choice(1000, size=(1, 6), replace=False),
+            "propensity": rng.uniform(0.1, 1, size=(1, 3)),
+        }  # fmt: skip
+        assert sink.submit_columns(cols, arm, f"v-{arm}")
+        expected.append(log_table(cols, arm, f"v-{arm}"))
+    await sink.close()
+    written = read_shards(tmp_path, LOG_SCHEMA)
+    want = pa.concat_tables(expected)
+    assert written.num_rows == want.num_rows == sink.stats.written_rows == sink.stats.submitted_rows
+    assert written.equals(want)
