@@ -278,16 +278,19 @@ def build_lists(
         pick = best
         if explore:
             assert exploration is not None and rng is not None
-            kk = min(exploration.top_k, c - t)
-            top = np.argsort(-q, axis=1, kind="stable")[:, :kk]
-            go = rng.random(b) < exploration.epsilon
-            draw = top[rows, rng.integers(0, kk, size=b)]
-            pick = np.where(go, draw, best)
-            explored[:, t] = go & (pick != best)
-            in_top = (top == pick[:, None]).any(axis=1)
-            propensity[:, t] = (1 - exploration.epsilon) * (pick == best) + (
-                exploration.epsilon * in_top / kk
-            )
+            eps, kk = exploration.epsilon, min(exploration.top_k, c - t)
+            go = np.flatnonzero(rng.random(b) < eps)
+            # The best item is always among the top kk: (1 - eps) + eps / kk, unless a draw
+            # below picks another one (eps / kk). Only drawing rows need the ranking.
+            propensity[:, t] = (1 - eps) + eps / kk
+            if len(go):
+                top = np.argsort(-q[go], axis=1, kind="stable")[:, :kk]
+                draw = top[np.arange(len(go)), rng.integers(0, kk, size=len(go))]
+                pick = best.copy()
+                pick[go] = draw
+                other = go[draw != best[go]]
+                explored[other, t] = True
+                propensity[other, t] = eps / kk
         index[:, t] = pick
         scores[:, t] = q[rows, pick]
         placed[rows, pick] = True

@@ -263,24 +263,11 @@ class LogSink:
         self.stats.submitted_rows += n
         if n == 0:
             return True
-        if self._closing:
-            self._drop("closed", n)
-            return False
-        if self._pending_rows + n > self.max_pending_rows:
-            self._drop("queue_full", n)
-            return False
         if table.schema.names != self.schema.names:
             table = table.select(self.schema.names)
         if not table.schema.equals(self.schema):
             table = table.cast(self.schema)
-        if not self._pending:
-            self._oldest_at = asyncio.get_running_loop().time()
-            self._wake.set()
-        self._pending.append(table)
-        self._pending_rows += n
-        if self._pending_rows >= self.flush_rows:
-            self._wake.set()
-        return True
+        return self._admit(table, n)
 
     def submit_columns(self, cols: dict[str, np.ndarray], arm: str, model_version: str) -> bool:
         """Queue served lists as the column arrays of ``contract.schema.log_table`` (for the
@@ -288,8 +275,11 @@ class LogSink:
         ``log_table`` call, so the request path pays for a dict, not for Arrow arrays.
         False if dropped (counted)."""
         r, c = cols["item_id"].shape
-        n = r * c
-        self.stats.submitted_rows += n
+        self.stats.submitted_rows += r * c
+        return self._admit(_Columns(cols, arm, model_version), r * c)
+
+    def _admit(self, item: pa.Table | _Columns, n: int) -> bool:
+        """Buffer ``item`` (``n`` rows) unless closing or full (then drop and count)."""
         if self._closing:
             self._drop("closed", n)
             return False
@@ -299,7 +289,7 @@ class LogSink:
         if not self._pending:
             self._oldest_at = asyncio.get_running_loop().time()
             self._wake.set()
-        self._pending.append(_Columns(cols, arm, model_version))
+        self._pending.append(item)
         self._pending_rows += n
         if self._pending_rows >= self.flush_rows:
             self._wake.set()

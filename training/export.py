@@ -93,13 +93,19 @@ def _list_tables(
     fields = spec.fields
     n_uc = len(spec.group("user")) + len(spec.group("context"))
     parts, sizes = [], []
-    for j, f in enumerate(fields):
-        if f.group != "list" or f.source not in sources:
-            continue
-        lo = sum(x.size for x in fields[:j])
-        col = (j - n_uc) * d
-        parts.append(table[lo : lo + f.size] @ w[:, col : col + d].T)
-        sizes.append(f.size)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one summation order: the same bytes whatever the machine
+    try:
+        with torch.no_grad():
+            for j, f in enumerate(fields):
+                if f.group != "list" or f.source not in sources:
+                    continue
+                lo = sum(x.size for x in fields[:j])
+                col = (j - n_uc) * d
+                parts.append(table[lo : lo + f.size] @ w[:, col : col + d].T)
+                sizes.append(f.size)
+    finally:
+        torch.set_num_threads(threads)
     return torch.cat(parts), sizes
 
 
@@ -286,21 +292,27 @@ def q_graphs(net: QNetwork, spec: FeatureSpec) -> tuple[dict[str, nn.Module], di
 # --- Wide & Deep ---------------------------------------------------------------------------
 
 
+def _wd_list_parts(
+    model: WideDeep, spec: FeatureSpec, sources: tuple[str, ...]
+) -> tuple[_Gathered, _Gathered]:
+    """The deep first layer's and the wide part's gathers over the list fields in ``sources``."""
+    d = model.embedding.table.weight.shape[1]
+    n_uc = len(spec.group("user")) + len(spec.group("context"))
+    w_cand = model.deep[0].weight[:, n_uc * d :]
+    deep, sizes = _list_tables(model.embedding.table.weight, w_cand, d, spec, sources)
+    ones = torch.ones(1, w_cand.shape[1] // d)  # the wide weights are one column per field
+    wide, _ = _list_tables(model.linear.weight.weight, ones, 1, spec, sources)
+    return _Gathered(deep, sizes), _Gathered(wide, sizes)
+
+
 class WDRequest(nn.Module):
     def __init__(self, model: WideDeep, spec: FeatureSpec) -> None:
         super().__init__()
         self.m = model
         self.n_uc = len(spec.group("user")) + len(spec.group("context"))
         self.n_item = len(spec.group("item"))
-        self.d = d = model.embedding.table.weight.shape[1]
-        n_uc, first = self.n_uc, model.deep[0]
-        w_cand = first.weight[:, n_uc * d :]
-        table, sizes = _list_tables(model.embedding.table.weight, w_cand, d, spec,
-                                    REQUEST_LIST_SOURCES)  # fmt: skip
-        self.request_list = _Gathered(table, sizes)
-        wide, _ = _list_tables(model.linear.weight.weight, torch.ones(1, w_cand.shape[1] // d),
-                               1, spec, REQUEST_LIST_SOURCES)  # fmt: skip
-        self.request_wide = _Gathered(wide, sizes)
+        self.d = model.embedding.table.weight.shape[1]
+        self.request_list, self.request_wide = _wd_list_parts(model, spec, REQUEST_LIST_SOURCES)
 
     def forward(self, user_ctx, cand_item, request_list):
         m, d, n_uc, n_item = self.m, self.d, self.n_uc, self.n_item
@@ -320,15 +332,7 @@ class WDRequest(nn.Module):
 class WDScore(nn.Module):
     def __init__(self, model: WideDeep, spec: FeatureSpec) -> None:
         super().__init__()
-        d = model.embedding.table.weight.shape[1]
-        n_uc = len(spec.group("user")) + len(spec.group("context"))
-        w_cand = model.deep[0].weight[:, n_uc * d :]
-        table, sizes = _list_tables(model.embedding.table.weight, w_cand, d, spec,
-                                    SLOT_LIST_SOURCES)  # fmt: skip
-        self.slot_list = _Gathered(table, sizes)
-        wide, _ = _list_tables(model.linear.weight.weight, torch.ones(1, w_cand.shape[1] // d),
-                               1, spec, SLOT_LIST_SOURCES)  # fmt: skip
-        self.slot_wide = _Gathered(wide, sizes)
+        self.slot_list, self.slot_wide = _wd_list_parts(model, spec, SLOT_LIST_SOURCES)
         self.rest = model.deep[1:]
 
     def forward(self, state_part, item_part, item_bias, slot_list):
@@ -629,6 +633,10 @@ def export_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     t0 = time.perf_counter()
+    # Folded tensors (projected and joint tables) are products computed here; one thread
+    # fixes their summation order, so the same weights give the same bytes on any machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         manifest = _write_bundle(tmp, models, spec, users, items, name, dataset or {}, real,
                                  atol, seed)  # fmt: skip
@@ -641,6 +649,8 @@ def export_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        torch.set_num_threads(threads)
     return manifest
 
 
