@@ -155,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         svc = Services(settings, Serving(bundle, experiment), store, sinks, metrics, registry,
                        np.random.default_rng(settings.explore_seed))  # fmt: skip
         app.state.services = svc
+        _record_serving(svc)
         svc.ready = True
         try:
             yield
@@ -322,6 +323,12 @@ def _install_routes(app: FastAPI) -> None:
         """Rank the candidates into a list of ``k`` for the user's arm and session."""
         return await _rank(body, svc)
 
+    @app.post("/v1/noop", tags=["ops"])
+    async def noop(body: RankRequest) -> dict[str, int]:
+        """The HTTP floor: the rank request's parsing and validation, no ranking (load tests
+        measure it beside /v1/rank with the same payload)."""
+        return {"candidates": len(body.candidates)}
+
     @app.post("/v1/feedback", response_model=FeedbackResponse, tags=["ranking"])
     async def feedback(body: FeedbackRequest, svc: Svc) -> FeedbackResponse:
         """Log feedback events and add their clicks to the session's state."""
@@ -343,6 +350,7 @@ def _install_routes(app: FastAPI) -> None:
                                    f"{svc.serving.bundle.version}: {e}") from None  # fmt: skip
             old = svc.serving.bundle.version
             svc.serving = Serving(bundle, svc.serving.experiment)
+            _record_serving(svc)
         return {"status": "reloaded", "from": old, "bundle_version": bundle.version}
 
     @app.post("/admin/experiment", tags=["admin"])
@@ -357,7 +365,14 @@ def _install_routes(app: FastAPI) -> None:
             raise ServiceError(422, "experiment", str(e)) from None
         async with svc.reload_lock:
             svc.serving = Serving(svc.serving.bundle, exp)
+            _record_serving(svc)
         return {"status": "updated", "experiment": experiment_to_dict(exp)}
+
+
+def _record_serving(svc: Services) -> None:
+    b = svc.serving.bundle
+    arms = {a.name: b.model(a.name).spec.model_version for a in svc.serving.experiment.arms}
+    svc.metrics.serving(arms, b.version)
 
 
 def _check_token(svc: Services, authorization: str | None) -> None:

@@ -10,8 +10,8 @@ Several uvicorn workers: prometheus_client's multiprocess mode. Start the server
 starts: prometheus_client reads it at import and then keeps each process's values in files
 there). :func:`render_metrics` then aggregates every worker's files through a
 ``MultiProcessCollector`` on a fresh registry, so any worker answering ``/metrics`` reports
-the whole server. This module defines counters and histograms only, which aggregate by sum;
-gauges would need a ``multiprocess_mode``.
+the whole server. Counters and histograms aggregate by sum; the one gauge,
+``ranker_model_info``, by max.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -72,6 +73,17 @@ class Metrics:
     """``ranker_errors_total{reason}``: requests that failed, by reason."""
     log_dropped_rows: Counter
     """``ranker_log_dropped_rows_total{log, reason}``: log rows not written."""
+    model_info: Gauge
+    """``ranker_model_info{arm, model_version, bundle_version}``: 1 for what each arm serves
+    now, 0 for what it served before a reload (multiprocess mode: the max over workers)."""
+
+    def serving(self, arms: dict[str, str], bundle_version: str) -> None:
+        """Record that ``arms`` (arm -> model version) now serve from ``bundle_version``."""
+        for sample in self.model_info.collect()[0].samples:
+            if sample.value:
+                self.model_info.labels(**sample.labels).set(0)
+        for arm, version in arms.items():
+            self.model_info.labels(arm, version, bundle_version).set(1)
 
     def record_state_event(self, event: str, reason: str | None = None) -> None:
         """The state store's ``on_event`` callback: count one store event.
@@ -169,6 +181,13 @@ def build_metrics(registry: CollectorRegistry) -> Metrics:
             "Exposure and feedback log rows dropped, by log and reason.",
             ["log", "reason"],
             registry=registry,
+        ),
+        model_info=Gauge(
+            "ranker_model_info",
+            "1 for the model version each arm serves now (0: served before a reload).",
+            ["arm", "model_version", "bundle_version"],
+            registry=registry,
+            multiprocess_mode="max",
         ),
     )
     for result in ("hit", "miss"):

@@ -69,6 +69,13 @@ async def test_reload_under_concurrent_requests_loses_none(tmp_path: Path) -> No
             models = (await client.get("/v1/models")).json()
             assert models["bundle_dir"] == str(new_dir)
             assert models["bundle_version"] == "default-reloaded"
+            # The dashboards' model-version-per-arm series follow the swap.
+            info = [ln for ln in (await client.get("/metrics")).text.splitlines()
+                    if ln.startswith("ranker_model_info{")]  # fmt: skip
+            now = {ln for ln in info if 'bundle_version="default-reloaded"' in ln}
+            assert len(now) == 3 and all(ln.endswith(" 1.0") for ln in now)
+            before = [ln for ln in info if f'bundle_version="{old["bundle_version"]}"' in ln]
+            assert len(before) == 3 and all(ln.endswith(" 0.0") for ln in before)
             # Same state schema: the session's cached state survives the swap.
             assert models["state_schema_version"] == old["state_schema_version"]
             assert (await rank(5, session))["state"] == "warm"
