@@ -264,6 +264,14 @@ def parse_manifest(raw: dict[str, Any], source: str = MANIFEST_FILE) -> Manifest
         spec = FeatureSpec.from_dict(_get(raw, "feature_spec", dict, source))
     except (ValueError, KeyError) as e:
         raise BundleError(f"{source}: field 'feature_spec': {e}") from None
+    order = [f.group for f in spec.fields]
+    want = sorted(order, key=["user", "context", "item", "list"].index)
+    if order != want:
+        bad = next(f.name for f, g, w in zip(spec.fields, order, want, strict=True) if g != w)
+        raise BundleError(
+            f"{source}: field 'feature_spec': fields must come grouped as user, context, item, "
+            f"list (the graphs' input layout); {bad!r} is out of place"
+        )
     _get(raw, "state_schema_version", str, source)
     models_raw = _get(raw, "models", dict, source)
     if not models_raw:

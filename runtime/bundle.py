@@ -29,7 +29,7 @@ from contract.bundle import (
     TensorSpec,
     read_manifest,
 )
-from contract.features import FeatureSpec, field_ids, group_ids
+from contract.features import FeatureSpec, ListFieldEncoder, field_ids, group_ids
 from contract.schema import ITEM_TABLE_SCHEMA, USER_TABLE_SCHEMA, check_columns
 
 __all__ = ["Bundle", "LoadedModel", "SideTables", "load_bundle", "session_options"]
@@ -197,12 +197,14 @@ class LoadedModel:
 
 @dataclass
 class Bundle:
-    """A verified, loaded bundle: manifest, models by name and featurised side tables."""
+    """A verified, loaded bundle: manifest, models by name, featurised side tables and the
+    spec's list-field encoder (built once here, used by every request)."""
 
     path: Path
     manifest: Manifest
     models: dict[str, LoadedModel]
     tables: SideTables
+    list_encoder: ListFieldEncoder
 
     @property
     def spec(self) -> FeatureSpec:
@@ -272,7 +274,11 @@ def load_bundle(
         loaded[name] = LoadedModel(ms, sessions)
     t = manifest.side_tables
     tables = SideTables.read(manifest.spec, path / t["users"]["file"], path / t["items"]["file"])
-    bundle = Bundle(path, manifest, loaded, tables)
+    try:
+        encoder = ListFieldEncoder(manifest.spec)
+    except KeyError as e:
+        raise BundleError(f"{path / 'manifest.json'}: field 'feature_spec': {e.args[0]}") from None
+    bundle = Bundle(path, manifest, loaded, tables, encoder)
     if warm:
         from runtime.lists import warm_up
 

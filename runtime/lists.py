@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from contract.features import ListFieldEncoder, group_ids
+from contract.features import group_ids
 from runtime.bundle import Bundle, LoadedModel
 
 __all__ = [
@@ -223,7 +223,7 @@ def build_lists(
     item_f, tags, authors, known = bundle.tables.items(candidates)
     recent_tags = np.stack([s.recent_tags for s in states])
     recent = (tags[:, :, None] == recent_tags[:, None, :]).sum(-1)
-    enc = ListFieldEncoder(spec)
+    enc = bundle.list_encoder
     depth = np.array([s.depth for s in states], dtype=np.int64)
     clicks = np.array([s.clicks for s in states], dtype=np.int64)
     request_list = enc.request_ids(recent, depth, clicks)

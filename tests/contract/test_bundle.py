@@ -119,3 +119,14 @@ def test_expected_io_names_missing_dims_and_kinds():
     with pytest.raises(BundleError, match=r"lack \['memory', 'enc_dim'\]"):
         expected_io("q_network", {"n_user_ctx": 1, "n_item": 1, "n_list_request": 1,
                                   "n_list_slot": 1, "hidden": 2})  # fmt: skip
+
+
+def test_a_spec_whose_groups_are_out_of_order_is_refused(bundle_copy):
+    def swap(m):
+        f = m["feature_spec"]["fields"]
+        i = next(j for j, x in enumerate(f) if x["name"] == "music_type")
+        f[i], f[i + 1] = f[i + 1], f[i]  # the first list field before the last item field
+
+    _edit_manifest(bundle_copy, swap)
+    with pytest.raises(BundleError, match=r"grouped as user, context, item, list.*'position'"):
+        load_bundle(bundle_copy)
