@@ -1,4 +1,5 @@
-"""The ``ranker`` command's entry point: ``serve`` goes to the service, the rest to training.
+"""The ``ranker`` command's entry point: ``serve`` and ``join-logs`` go to the service, the
+rest to training.
 
 It is the one module that knows both sides, so that neither imports the other: ``ranker
 serve`` runs from an install of the ``serve`` extra (no torch, no training code imported),
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["serve"]:
+    if args[:1] in (["serve"], ["join-logs"]):
         from service.cli import main as serve_main
 
         return serve_main(args)

@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -21,7 +22,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     s.add_argument("--host", help="bind address (RANKER_HOST; default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (RANKER_PORT; default 8000)")
     s.add_argument("--workers", type=int, help="worker processes (RANKER_WORKERS; default 1)")
-    s.add_argument("--redis-url", help="session state (and logs, with --log-stream) in Redis")
+    s.add_argument("--redis-url",
+                   help="session state in Redis (RANKER_REDIS_URL; logs go to a Redis stream "
+                   "only when RANKER_LOG_STREAM_KEY is also set)")  # fmt: skip
     s.add_argument("--experiment", help="experiment JSON file (RANKER_EXPERIMENT_FILE)")
     s.add_argument("--log-dir", help="exposure/feedback Parquet folder (RANKER_LOG_DIR)")
     return s
@@ -59,8 +62,40 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def join_logs_command(args: argparse.Namespace) -> int:
+    """Join feedback events onto served exposures into one impression-log Parquet file."""
+    import pyarrow.parquet as pq
+
+    from contract.schema import LogValidationError, validate_log_table
+    from service.exposure import join_logs
+
+    log_dir = Path(args.log_dir)
+    if not any((log_dir / "exposures").glob("part-*.parquet")):
+        print(f"ranker join-logs: error: no exposure shards under {log_dir / 'exposures'} "
+              "(is it the service's RANKER_LOG_DIR?)", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        table = join_logs(log_dir / "exposures", log_dir / "feedback")
+        validate_log_table(table, str(args.out))
+    except (OSError, LogValidationError, ValueError) as e:
+        print(f"ranker join-logs: error: {e}", file=sys.stderr)
+        return 2
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, args.out, compression="zstd")
+    shown = int((table.column("position").to_numpy() >= 0).sum())
+    print(f"wrote {args.out}: {table.num_rows:,} rows ({shown:,} impressions), valid")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ranker")
     sub = p.add_subparsers(dest="command", required=True)
     add_serve_parser(sub)
-    return serve(p.parse_args(argv))
+    j = sub.add_parser("join-logs", help="join the service's feedback onto its exposure log")
+    j.add_argument("--log-dir", default="logs",
+                   help="the service log folder: exposures/ and feedback/ (logs)")  # fmt: skip
+    j.add_argument("--out", required=True, help="Parquet file to write (impression-log schema)")
+    args = p.parse_args(argv)
+    if args.command == "join-logs":
+        return join_logs_command(args)
+    return serve(args)

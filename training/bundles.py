@@ -217,6 +217,8 @@ def build_default_bundle(
     from training.sim.config import preset
     from training.sim.generate import generate_dataset
 
+    if Path(out).exists() and not overwrite:  # before minutes of training, not after
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     torch.set_num_threads(1)
     data, work = Path(data), Path(work)
     if not (data / "dataset.json").is_file():

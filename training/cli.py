@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     _COMMANDS["drl-train"] = _cmd_drl_train
 
     v = sub.add_parser("validate", help="check log shards (or a dataset folder) against the schema")
-    v.add_argument("paths", nargs="+")
+    v.add_argument("paths", nargs="+", help="Parquet log files, or dataset folders (dataset.json)")
     _COMMANDS["validate"] = _cmd_validate
 
     i = sub.add_parser("info", help="summarise a dataset folder")
@@ -310,9 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     db.add_argument("--out", default="models/default", help="bundle folder (models/default)")
     db.add_argument("--data", default="data/default", help="dataset folder (simulated if missing)")
-    db.add_argument("--work", default="runs/default-bundle", help="folder of the training runs")
+    db.add_argument("--work", default="runs/default-bundle",
+                    help="folder of the training runs (runs/default-bundle)")  # fmt: skip
     db.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
-    db.add_argument("--no-progress", action="store_true")
+    db.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # `ranker serve` and `ranker join-logs` are dispatched to service.cli by ranker_cli before
+    # this parser runs (training never imports service); listed here so --help shows them.
+    sub.add_parser("serve", help="run the ranking service (see `ranker serve --help`)")
+    sub.add_parser("join-logs", help="join the service's feedback onto its exposure log "
+                   "(see `ranker join-logs --help`)")  # fmt: skip
     _COMMANDS["default-bundle"] = _cmd_default_bundle
     return p
 

@@ -629,7 +629,7 @@ def export_bundle(
     """
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     t0 = time.perf_counter()
@@ -643,6 +643,7 @@ def export_bundle(
         parse_manifest(manifest, str(tmp / MANIFEST_FILE))
         manifest["created"]["export_seconds"] = round(time.perf_counter() - t0, 2)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it private; a service may run as another user
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

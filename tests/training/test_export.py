@@ -44,7 +44,7 @@ def test_an_existing_bundle_is_refused_without_overwrite(tiny_bundle, tiny_data)
     ds = tiny_data[0]
     q, _ = small_models(DEFAULT_SPEC)
     before = (tiny_bundle[0] / "manifest.json").read_text()
-    with pytest.raises(FileExistsError, match="pass overwrite=True"):
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
         export_bundle(tiny_bundle[0], [q_export("q", q, DEFAULT_SPEC)], DEFAULT_SPEC,
                       ds.users(), ds.items())  # fmt: skip
     assert (tiny_bundle[0] / "manifest.json").read_text() == before
@@ -114,3 +114,13 @@ def test_exported_models_rank_like_their_torch_twins_online(tiny_bundle, tiny_da
         assert (sa == sb).all(axis=1).mean() == 1.0, (a, b)
         np.testing.assert_array_equal(res.per_session(a)["click"], res.per_session(b)["click"])
     assert torch.get_num_threads() == 1
+
+
+def test_default_bundle_refuses_an_existing_output_before_any_work(tmp_path):
+    from training.bundles import build_default_bundle
+
+    out = tmp_path / "bundle"
+    out.mkdir()
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        build_default_bundle(out, data=tmp_path / "no-data", work=tmp_path / "work")
+    assert not (tmp_path / "no-data").exists() and not (tmp_path / "work").exists()

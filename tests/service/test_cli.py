@@ -1,0 +1,45 @@
+"""`ranker join-logs`: the service's own logs become one impression log the validator accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from fastapi.testclient import TestClient
+
+from contract.schema import validate_log_file
+from service.app import create_app
+from service.cli import main
+from service.settings import Settings
+
+BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default"
+
+
+def test_join_logs_writes_a_valid_impression_log_with_the_feedback_joined(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    app = create_app(Settings(bundle_dir=BUNDLE, log_dir=logs, explore_seed=0))
+    with TestClient(app) as client:  # leaving the block closes the sinks: everything flushed
+        items = app.state.services.serving.bundle.tables.item_ids[:20].tolist()
+        r = client.post("/v1/rank", json={"user_id": 1, "candidates": items, "k": 4}).json()
+        shown = [i["item_id"] for i in r["items"]]
+        fb = {
+            "request_id": r["request_id"],
+            "session_id": r["session_id"],
+            "user_id": 1,
+            "arm": r["arm"],
+            "events": [{"item_id": shown[1], "position": 1, "click": 1}],
+        }
+        assert client.post("/v1/feedback", json=fb).status_code == 200
+    out = tmp_path / "joined.parquet"
+    assert main(["join-logs", "--log-dir", str(logs), "--out", str(out)]) == 0
+    assert "20 rows (4 impressions), valid" in capsys.readouterr().out
+    assert validate_log_file(out) == 20
+    t = pq.read_table(out).to_pylist()
+    clicked = [row["item_id"] for row in t if row["click"] == 1]
+    assert clicked == [shown[1]]
+    assert [row["position"] for row in t if row["position"] >= 0] == [0, 1, 2, 3]
+
+
+def test_join_logs_on_a_folder_without_logs_is_a_one_line_error(tmp_path, capsys):
+    assert main(["join-logs", "--log-dir", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.startswith("ranker join-logs: error:")
