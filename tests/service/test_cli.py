@@ -43,3 +43,42 @@ def test_join_logs_writes_a_valid_impression_log_with_the_feedback_joined(tmp_pa
 def test_join_logs_on_a_folder_without_logs_is_a_one_line_error(tmp_path, capsys):
     assert main(["join-logs", "--log-dir", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.startswith("ranker join-logs: error:")
+
+
+def test_served_connections_have_nagle_off_whatever_the_worker_count():
+    """uvicorn's multi-worker listener leaves TCP_NODELAY off (each keep-alive request then
+    waits ~40 ms for a delayed ACK); the protocol `ranker serve` uses turns it on."""
+    import asyncio
+    import socket
+
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from service.cli import NoDelayH11Protocol
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0)  # proto 0, as uvicorn's
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname())
+    conn, _ = listener.accept()
+    assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+
+    class Transport:
+        def get_extra_info(self, name, default=None):
+            return {"socket": conn, "peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(
+                name, default
+            )
+
+        def is_closing(self):
+            return False
+
+    async def run():
+        cfg = Config(app=lambda *a: None)
+        cfg.load()
+        proto = NoDelayH11Protocol(config=cfg, server_state=ServerState(), app_state={})
+        proto.connection_made(Transport())
+
+    asyncio.run(run())
+    assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    for s in (client, conn, listener):
+        s.close()
