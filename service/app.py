@@ -37,10 +37,12 @@ from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Body, Depends, FastAPI, Header, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contract.bundle import BundleError
 from contract.schema import FEEDBACK_BINARY
@@ -55,12 +57,18 @@ from service.bucketing import (
 from service.exposure import FEEDBACK_SCHEMA, LogSinks, build_log_sinks
 from service.metrics import Metrics, build_metrics, render_metrics
 from service.schemas import (
+    EXPERIMENT_SCHEMA,
+    INT64,
+    ErrorBody,
     FeedbackRequest,
     FeedbackResponse,
     ModelsResponse,
+    NotReady,
     RankRequest,
     RankResponse,
+    Ready,
     ReloadRequest,
+    ValidationErrorBody,
 )
 from service.settings import Settings
 from service.state_store import StateStore, build_state_store, state_key
@@ -172,7 +180,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     _install_errors(app, settings)
     _install_routes(app)
+    _document_limits(app, settings)
     return app
+
+
+def _document_limits(app: FastAPI, settings: Settings) -> None:
+    """The OpenAPI document states /v1/rank's limits (``max_candidates``, ``max_k``; /v1/noop
+    takes the same body without them): clients and API fuzzers see the bounds the service
+    refuses beyond (422). Integer bounds stay integers (FastAPI's document model makes them
+    floats: 2^63 - 1 became 2^63)."""
+
+    def exact(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "integer":
+                for key in ("minimum", "maximum"):
+                    if isinstance(node.get(key), float) and node[key].is_integer():
+                        node[key] = min(int(node[key]), INT64)
+            for v in node.values():
+                exact(v)
+        elif isinstance(node, list):
+            for v in node:
+                exact(v)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = FastAPI.openapi(app)
+            exact(doc)
+            body = doc["paths"]["/v1/rank"]["post"]["requestBody"]["content"]["application/json"]
+            limits = {"candidates": {"maxItems": settings.max_candidates},
+                      "k": {"maximum": settings.max_k}}  # fmt: skip
+            body["schema"] = {"allOf": [body["schema"], {"properties": limits}]}
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def app_from_env() -> FastAPI:
@@ -205,19 +246,41 @@ def _install_errors(app: FastAPI, settings: Settings) -> None:
             errors.append({"field": ".".join(loc) or "body", "value": value, "message": e["msg"]})
         _count_error(request, "validation")
         first = errors[0] if errors else {"field": "body", "value": None, "message": "invalid"}
-        return JSONResponse(
+        return ErrorJSON(
             status_code=422,
             content={"error": f"{first['field']}: {first['message']} (got {first['value']!r})",
                      "errors": errors},
         )  # fmt: skip
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers a body it cannot decode (not UTF-8) 400 {"detail": ...}; give it the
+        # service's error body like every other refusal. Other statuses (404, 405) unchanged.
+        if exc.status_code != 400:
+            return await http_exception_handler(request, exc)
+        cause = exc.__cause__
+        why = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc.detail)
+        _count_error(request, "body")
+        return ErrorJSON(status_code=400,
+                         content={"error": f"body: not parseable as JSON ({why})",
+                                  "field": "body"})  # fmt: skip
+
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError) -> JSONResponse:
         _count_error(request, exc.field)
-        return JSONResponse(status_code=exc.status,
-                            content={"error": exc.message, "field": exc.field})  # fmt: skip
+        return ErrorJSON(status_code=exc.status,
+                         content={"error": exc.message, "field": exc.field})  # fmt: skip
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+
+class ErrorJSON(JSONResponse):
+    """An error body, non-ASCII escaped: it echoes what the client sent, and JSON's escapes
+    can spell a lone surrogate (``"\\ud800"``) that UTF-8 cannot encode (a 500 before)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False,
+                          separators=(",", ":")).encode()  # fmt: skip
 
 
 class BodyLimit:
@@ -291,14 +354,40 @@ def _count_error(request: Request, reason: str) -> None:
 
 # --- routes ------------------------------------------------------------------------------------
 
+# What the OpenAPI document declares besides each route's 200 (every status a route can answer,
+# with the body it has). The body limit middleware answers any route.
+Responses = dict[int | str, dict[str, Any]]
+_LIMITS: Responses = {
+    400: {"model": ErrorBody, "description": "Content-Length not a number, or a body that is "
+          "not UTF-8"},
+    413: {"model": ErrorBody, "description": "Body over max_body_bytes"},
+}  # fmt: skip
+_INVALID: Responses = {
+    422: {"model": ValidationErrorBody, "description": "The body does not fit its schema"}
+}
+_REFUSED: Responses = {
+    422: {"model": ValidationErrorBody | ErrorBody,
+          "description": "The body does not fit its schema (errors[]), or the service refuses a "
+          "value: a limit, an arm, a user feature (field)"},
+}  # fmt: skip
+_ADMIN: Responses = {
+    401: {"model": ErrorBody, "description": "Missing or wrong bearer token"},
+    403: {"model": ErrorBody, "description": "Admin routes disabled (no admin token set)"},
+}
+
 
 def _install_routes(app: FastAPI) -> None:
-    @app.get("/healthz", tags=["ops"])
+    @app.get("/healthz", tags=["ops"], responses=_LIMITS)
     async def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        response_model=Ready,
+        responses={503: {"model": NotReady, "description": "Not ready yet"}, **_LIMITS},
+    )
     async def readyz(request: Request) -> JSONResponse:
         """Ready once the bundle is loaded, verified and warmed (503 before)."""
         svc = getattr(request.app.state, "services", None)
@@ -306,35 +395,42 @@ def _install_routes(app: FastAPI) -> None:
             return JSONResponse(status_code=503, content={"status": "loading"})
         return JSONResponse({"status": "ready", "bundle_version": svc.serving.bundle.version})
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse, responses=_LIMITS)
     async def metrics(svc: Svc) -> Response:
         """Prometheus exposition (all workers' values under multiprocess mode)."""
         body, content_type = render_metrics(svc.registry)
         return Response(body, media_type=content_type)
 
-    @app.get("/v1/models", response_model=ModelsResponse, tags=["ranking"])
+    @app.get("/v1/models", response_model=ModelsResponse, tags=["ranking"], responses=_LIMITS)
     async def models(svc: Svc) -> ModelsResponse:
         """The serving bundle, its models and the traffic split."""
         return _models_info(svc)
 
     @app.post("/v1/rank", response_model=RankResponse, tags=["ranking"],
-              responses={422: {"description": "a field breaks the API's limits"}})  # fmt: skip
+              responses={**_REFUSED, **_LIMITS})  # fmt: skip
     async def rank(body: RankRequest, svc: Svc) -> Response:
         """Rank the candidates into a list of ``k`` for the user's arm and session."""
         return await _rank(body, svc)
 
-    @app.post("/v1/noop", tags=["ops"])
+    @app.post("/v1/noop", tags=["ops"], responses={**_INVALID, **_LIMITS})
     async def noop(body: RankRequest) -> dict[str, int]:
         """The HTTP floor: the rank request's parsing and validation, no ranking (load tests
         measure it beside /v1/rank with the same payload)."""
         return {"candidates": len(body.candidates)}
 
-    @app.post("/v1/feedback", response_model=FeedbackResponse, tags=["ranking"])
+    @app.post(
+        "/v1/feedback",
+        response_model=FeedbackResponse,
+        tags=["ranking"],
+        responses={**_REFUSED, **_LIMITS},
+    )
     async def feedback(body: FeedbackRequest, svc: Svc) -> FeedbackResponse:
         """Log feedback events and add their clicks to the session's state."""
         return await _feedback(body, svc)
 
-    @app.post("/admin/reload", tags=["admin"])
+    @app.post("/admin/reload", tags=["admin"],
+              responses={**_ADMIN, 409: {"model": ErrorBody, "description": "Bundle refused"},
+                         **_INVALID, **_LIMITS})  # fmt: skip
     async def reload(body: ReloadRequest, svc: Svc,
                      authorization: Authorization = None) -> dict[str, Any]:  # fmt: skip
         """Load, verify and warm a bundle, then swap it in; a bad bundle is refused (409) and
@@ -353,8 +449,9 @@ def _install_routes(app: FastAPI) -> None:
             _record_serving(svc)
         return {"status": "reloaded", "from": old, "bundle_version": bundle.version}
 
-    @app.post("/admin/experiment", tags=["admin"])
-    async def experiment(body: dict[str, Any], svc: Svc,
+    @app.post("/admin/experiment", tags=["admin"], responses={**_ADMIN, **_REFUSED, **_LIMITS})
+    async def experiment(body: Annotated[dict[str, Any], Body(json_schema_extra=EXPERIMENT_SCHEMA)],
+                         svc: Svc,
                          authorization: Authorization = None) -> dict[str, Any]:  # fmt: skip
         """Replace the experiment (arms, weights, exploration, QA overrides)."""
         _check_token(svc, authorization)

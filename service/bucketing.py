@@ -279,12 +279,29 @@ def experiment_from_dict(d: Mapping[str, object]) -> Experiment:
     overrides = d.get("overrides", {})
     if not isinstance(overrides, Mapping):
         raise ValueError(f"experiment: 'overrides' must be an object, got {overrides!r}")
+    try:
+        coverage = float(d.get("coverage", 1.0))  # type: ignore[arg-type]
+    except TypeError as e:  # a list or an object: a 422, not a 500
+        raise ValueError(f"experiment: 'coverage' {d.get('coverage')!r}: {e}") from None
     return Experiment(
-        seed=str(d.get("seed", "")),
+        seed=_text(str(d.get("seed", "")), "seed"),
         arms=tuple(arms),
-        coverage=float(d.get("coverage", 1.0)),  # type: ignore[arg-type]
-        overrides={str(k): str(v) for k, v in overrides.items()},
+        coverage=coverage,
+        overrides={
+            _text(str(k), "override user"): _text(str(v), "override arm")
+            for k, v in overrides.items()
+        },
     )
+
+
+def _text(s: str, what: str) -> str:
+    """``s`` if it is Unicode text; JSON's escapes can spell a lone surrogate ("\\ud800"),
+    which no response could echo (not encodable as UTF-8). Raises ValueError naming it."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"experiment: {what} {s!r} is not Unicode text ({e.reason})") from None
+    return s
 
 
 def experiment_to_dict(e: Experiment) -> dict[str, object]:

@@ -8,11 +8,12 @@ accepts them, so the models say so).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 INT64 = 2**63 - 1
+ID_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": INT64}
 
 
 class Strict(BaseModel):
@@ -49,7 +50,9 @@ class RankRequest(Strict):
         None, ge=0, le=INT64, description="The session; absent: the service starts one."
     )
     candidates: list[int] = Field(
-        min_length=1, description="Matched candidate item ids (about 200), distinct."
+        min_length=1,
+        description="Matched candidate item ids (about 200), distinct.",
+        json_schema_extra={"uniqueItems": True, "items": ID_SCHEMA},  # checked by the validator
     )
     k: int = Field(10, ge=1, description="List length (capped at the candidate count).")
     context: Context = Field(default_factory=Context)
@@ -57,6 +60,9 @@ class RankRequest(Strict):
         None,
         description="Raw user profile values by field name (u_active, u_seg_a, ...); they "
         "override the bundle's user table for this request.",
+        json_schema_extra={
+            "anyOf": [{"type": "object", "additionalProperties": ID_SCHEMA}, {"type": "null"}]
+        },  # fmt: skip
     )
     exploration: ExplorationOverride | None = None
     arm: str | None = Field(
@@ -141,6 +147,38 @@ class ReloadRequest(Strict):
     bundle_dir: str | None = Field(None, description="Folder to load; default: the current one.")
 
 
+# POST /admin/experiment's body, as ``service.bucketing.experiment_from_dict`` reads it (the
+# route parses a plain object with that function; this only documents it). Beyond the schema:
+# weights sum to 1, arm names are models of the bundle, override arms are arms.
+EXPERIMENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["seed", "arms"],
+    "properties": {
+        "seed": {"type": "string", "minLength": 1, "description": "Salt of the bucket hash."},
+        "coverage": {"type": "number", "minimum": 0, "maximum": 1, "default": 1.0},
+        "overrides": {"type": "object", "additionalProperties": {"type": "string"},
+                      "description": "QA: user id (as a string) -> arm name."},
+        "arms": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "weight"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "weight": {"type": "number", "minimum": 0, "maximum": 1},
+                    "exploration_rate": {"type": "number", "minimum": 0, "exclusiveMaximum": 1,
+                                         "default": 0.0},
+                    "exploration_top_k": {"type": "integer", "minimum": 1, "default": 1},
+                },
+            },
+        },
+    },
+}  # fmt: skip
+
+
 class ArmInfo(BaseModel):
     name: str
     weight: float
@@ -157,3 +195,42 @@ class ModelsResponse(BaseModel):
     experiment_seed: str
     arms: list[ArmInfo]
     models: dict[str, dict]
+
+
+# --- what the service answers besides 200 (declared in the OpenAPI document) -------------------
+
+
+class FieldError(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    field: str = Field(description="Dotted path of the field at fault (``body`` for the whole).")
+    value: Any = Field(description="The value sent (a summary when large).")
+    message: str
+
+
+class ValidationErrorBody(BaseModel):
+    """422: the request does not fit its schema (one entry per fault)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: str = Field(description="The first fault: field, message and value.")
+    errors: list[FieldError]
+
+
+class ErrorBody(BaseModel):
+    """A refusal by the service itself (a limit, an unknown arm, a bad token, a refused
+    bundle, an unreadable or oversized body)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: str
+    field: str = Field(description="The field or header at fault.")
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    bundle_version: str
+
+
+class NotReady(BaseModel):
+    status: Literal["loading"]
