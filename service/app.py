@@ -95,6 +95,9 @@ class Services:
     registry: CollectorRegistry
     rng: np.random.Generator
     ready: bool = False
+    default_experiment: bool = True
+    """The experiment is the built-in split (no file, no admin change): a reload re-derives it
+    for the new bundle's models."""
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -161,7 +164,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sinks = build_log_sinks(settings, on_drop=metrics.record_log_drop)
         sinks.start()
         svc = Services(settings, Serving(bundle, experiment), store, sinks, metrics, registry,
-                       np.random.default_rng(settings.explore_seed))  # fmt: skip
+                       np.random.default_rng(settings.explore_seed),
+                       default_experiment=settings.experiment_file is None)  # fmt: skip
         app.state.services = svc
         _record_serving(svc)
         svc.ready = True
@@ -264,6 +268,13 @@ def _install_errors(app: FastAPI, settings: Settings) -> None:
         return ErrorJSON(status_code=400,
                          content={"error": f"body: not parseable as JSON ({why})",
                                   "field": "body"})  # fmt: skip
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not the client: counted (the error-ratio alert sees it) and answered with the
+        # service's error body; Starlette still re-raises it so the server logs the traceback.
+        _count_error(request, "internal")
+        return ErrorJSON(status_code=500, content={"error": "internal error", "field": "server"})
 
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError) -> JSONResponse:
@@ -440,12 +451,14 @@ def _install_routes(app: FastAPI) -> None:
         async with svc.reload_lock:
             try:
                 bundle = await asyncio.to_thread(load_bundle, path)
-                check_experiment(svc.serving.experiment, bundle)
+                experiment = (default_experiment(bundle) if svc.default_experiment
+                              else svc.serving.experiment)  # fmt: skip
+                check_experiment(experiment, bundle)
             except (BundleError, ValueError, OSError) as e:
                 raise ServiceError(409, "bundle_dir", f"bundle refused, still serving "
                                    f"{svc.serving.bundle.version}: {e}") from None  # fmt: skip
             old = svc.serving.bundle.version
-            svc.serving = Serving(bundle, svc.serving.experiment)
+            svc.serving = Serving(bundle, experiment)
             _record_serving(svc)
         return {"status": "reloaded", "from": old, "bundle_version": bundle.version}
 
@@ -462,6 +475,7 @@ def _install_routes(app: FastAPI) -> None:
             raise ServiceError(422, "experiment", str(e)) from None
         async with svc.reload_lock:
             svc.serving = Serving(svc.serving.bundle, exp)
+            svc.default_experiment = False
             _record_serving(svc)
         return {"status": "updated", "experiment": experiment_to_dict(exp)}
 
