@@ -88,7 +88,9 @@ def test_redis_killed_mid_test_degrades_then_the_service_recovers(tmp_path, redi
             return seen[-1] != "degraded"
 
         wait_until(recovered, timeout_s=10.0, what="the service to use Redis again")
-        assert seen[-1] == "cold", seen
+        # "cold" (the restarted Redis is empty), or "warm" when the breaker closed between a
+        # degraded request's skipped lookup and its write, which then stored a fresh state.
+        assert seen[-1] in ("cold", "warm"), seen
         assert _rank(client, body)["state"] == "warm"
         ready = client.get("/readyz")
         assert ready.status_code == 200
