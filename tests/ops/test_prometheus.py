@@ -196,6 +196,17 @@ def finite(result: list[dict]) -> list[float]:
 
 
 def test_every_dashboard_query_returns_data_from_a_live_prometheus(stack: Stack):
+    # One request per arm, and a scrape that holds them, before the load: rates need a sample
+    # from before the increase (the load can finish within one scrape interval).
+    items = pq.read_table(DEFAULT_BUNDLE / "items.parquet", columns=["item_id"])
+    warm = items.column("item_id").to_pylist()[:N_CANDIDATES]
+    with httpx.Client(base_url=stack.ranker_url, timeout=10.0) as client:
+        for j, arm in enumerate(ARMS):
+            body = {"user_id": 900 + j, "candidates": warm, "k": K, "arm": arm}
+            assert client.post("/v1/rank", json=body).status_code == 200
+    first = 'sum(ranker_request_duration_seconds_count{route="/v1/rank"})'
+    wait_for("a scrape with the warm-up requests",
+             lambda: finite(stack.query(first)) == [len(ARMS)], 20)  # fmt: skip
     sent: Counter = Counter()
     failed: list[BaseException] = []
 
@@ -215,7 +226,7 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(stack: Stack)
     # Prometheus has scraped the state after the last request...
     total = 'sum(ranker_request_duration_seconds_count{route="/v1/rank"})'
     wait_for(f"a scrape with all {N_RANK} ranked requests",
-             lambda: finite(stack.query(total)) == [N_RANK], 20)  # fmt: skip
+             lambda: finite(stack.query(total)) == [N_RANK + len(ARMS)], 20)  # fmt: skip
     # ...and every dashboard query and recording rule has data (rules evaluate each second).
     queries = {f"panel {title!r} ({ref})": expr.replace(RATE_INTERVAL, RATE_WINDOW)
                for title, ref, expr in dashboard_queries()}  # fmt: skip
