@@ -518,6 +518,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--max-sessions", type=int, default=50, help="full-store: store capacity")
     p.add_argument("--burst", type=int, default=40, help="sigterm: requests in flight")
+    p.add_argument(
+        "--redis-outage",
+        type=float,
+        default=4.0,
+        help="redis: seconds between the kill (at 3 s) and the restart",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="JSON file; results are merged in by drill name")
     args = p.parse_args(argv)
@@ -536,7 +542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         load0 = list(os.getloadavg())
         t = time.monotonic()
         try:
-            r = RUNNERS[name](cfg, tmp)
+            if name == "redis":
+                r = drill_redis(cfg, tmp, kill_at=3.0, back_at=3.0 + args.redis_outage)
+            else:
+                r = RUNNERS[name](cfg, tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         r.update(
@@ -556,6 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{v['why']}"
         )
         key = name if cfg.workers == 2 else f"{name}@workers={cfg.workers}"
+        if name == "redis" and args.redis_outage != 4.0:
+            key += f"@outage={args.redis_outage:g}s"
         results[key] = r
     if args.out:
         old = json.loads(args.out.read_text()) if args.out.exists() else {}
