@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from contract.features import candidate_prefix_counts, context_fields, list_fields
+from runtime.bundle import Bundle
+from runtime.lists import Exploration
 from training.data.features import Requests, SideTables, candidate_ids
 from training.sim.env import Feedback, Observation
 
@@ -248,7 +250,9 @@ class BundlePolicy:
     exactly as the torch policies read them.
     """
 
-    def __init__(self, bundle, model: str, exploration=None, seed: int = 0):
+    def __init__(
+        self, bundle: Bundle, model: str, exploration: Exploration | None = None, seed: int = 0
+    ):
         from runtime.lists import SessionState
 
         self.bundle = bundle
