@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from contract.features import candidate_prefix_counts
-from training.eval.metrics import mean_ci
 from training.eval.online import (
     METRICS,
     SESSION_FIELDS,
@@ -22,6 +21,7 @@ from training.eval.online import (
     run_online,
     run_online_seeds,
 )
+from training.harness.stats import nonneg_mean_ci
 from training.sim.config import preset
 from training.sim.env import Env
 from training.sim.logging_policy import LoggingPolicy
@@ -246,17 +246,18 @@ def test_summary_self_comparison_and_intervals(result):
         if r["arm"] == "logging":
             assert r["rel_pct"] == 0.0 and r["rel_low"] == 0.0 and r["rel_high"] == 0.0
         assert r["low"] <= r["mean"] <= r["high"]
-        if not math.isnan(r["rel_pct"]):
-            assert r["rel_low"] <= r["rel_pct"] <= r["rel_high"]
+        if not math.isnan(r["rel_low"]):  # NaN: an arm with a zero mean has no log ratio
+            assert -100.0 < r["rel_low"] <= r["rel_pct"] <= r["rel_high"]
+        assert r["low"] >= 0.0
     # Units: users with at least one session, or sessions.
     n_active = result.active_users().size
     assert _row(rows, "oracle", "clicks_per_user")["n"] == n_active
     assert _row(rows, "oracle", "depth_per_session")["n"] == result.n_sessions
-    # ACN = total clicks / users with a session, and its interval is mean_ci over users.
+    # ACN = total clicks / users with a session, its interval the log-scale one over users.
     acn = _row(rows, "random", "clicks_per_user")
     clicks = result.per_session("random")["click"]
     assert acn["mean"] == pytest.approx(clicks.sum() / n_active)
-    m, lo, hi = mean_ci(result.per_user("random")["click"].astype(float))
+    m, lo, hi = nonneg_mean_ci(result.per_user("random")["click"].astype(float))
     assert (acn["mean"], acn["low"], acn["high"]) == pytest.approx((m, lo, hi))
     # Each arm against itself as the baseline.
     for r in result.summary("oracle"):
@@ -289,10 +290,12 @@ def test_relative_change_is_paired_delta_method():
     r = _row(res.summary("a", ["clicks_per_session"]), "b", "clicks_per_session")
     ratio = b.mean() / a.mean() - 1
     assert r["rel_pct"] == pytest.approx(100 * ratio)
-    z = (b - (1 + ratio) * a) / a.mean()
-    half = 1.959964 * z.std(ddof=1) / np.sqrt(n)
+    # log-ratio delta method: u = b / mean(b) - a / mean(a), se = sd(u) / sqrt(n)
+    u = b / b.mean() - a / a.mean()
+    se = u.std(ddof=1) / np.sqrt(n)
     assert (r["rel_low"], r["rel_high"]) == pytest.approx(
-        (100 * (ratio - half), 100 * (ratio + half))
+        (100 * ((1 + ratio) * np.exp(-1.959964 * se) - 1),
+         100 * ((1 + ratio) * np.exp(1.959964 * se) - 1)), rel=1e-5
     )
     # Pairing makes it much tighter than the unpaired spread of the ratio would be.
     assert r["rel_high"] - r["rel_low"] < 2.0

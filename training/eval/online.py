@@ -59,16 +59,18 @@ the user's sessions, plus ``sessions``.
 
 Intervals
 ---------
-The mean of each metric comes with a 95% normal interval from :func:`training.eval.metrics.
-mean_ci` over its units (users or sessions). Per-session intervals treat sessions as independent;
+The mean of each metric (every metric is a non-negative count or amount) comes with a 95%
+log-scale interval from :func:`training.harness.stats.nonneg_mean_ci` over its units (users or
+sessions), which never goes below 0. Per-session intervals treat sessions as independent;
 sessions of one user are correlated, so these are somewhat narrow when users have many sessions.
 
 The relative change of arm A vs baseline B is ``r = mean(A) / mean(B) - 1`` (in %). Its interval
-uses the paired units (same users / sessions in both arms, thanks to CRN) and the delta method:
-the linearised paired difference ``z_i = (a_i - (1 + r) b_i) / mean(B)`` has mean 0 and
-``mean_ci(z)`` gives the half-width of ``r``. For small effects ``z_i ~ (a_i - b_i) / mean(B)``,
-the per-unit paired difference scaled by the baseline mean. An arm compared with itself gets
-exactly 0 with a zero-width interval. Where the baseline mean is 0 the relative change is NaN.
+uses the paired units (same users / sessions in both arms, thanks to CRN) and the delta method
+on the log ratio (:func:`training.harness.stats.relative_change`): ``log mean(A) - log mean(B)``
+has standard error ``sd(u) / sqrt(n)`` with ``u_i = a_i / mean(A) - b_i / mean(B)``, and the
+interval ``exp(log(1 + r) -/+ 1.96 se) - 1`` never reaches -100%. An arm compared with itself
+gets exactly 0 with a zero-width interval. Where the baseline mean is 0 the relative change is
+NaN.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ from typing import Any
 import numpy as np
 
 from contract.features import candidate_prefix_counts
-from training.eval.metrics import mean_ci
+from training.harness.stats import nonneg_mean_ci, relative_change
 from training.sim.config import WorldConfig
 from training.sim.env import Env, Feedback, Observation, Policy, UserState
 from training.sim.rng import Stream, uniform
@@ -261,28 +263,6 @@ class OraclePolicy:
 # --------------------------------------------------------------------------------------------
 
 
-def _nan_ci(x: np.ndarray) -> tuple[float, float, float]:
-    if x.shape[0] == 0:
-        return math.nan, math.nan, math.nan
-    if x.shape[0] < 2:
-        m = float(x.mean())
-        return m, math.nan, math.nan
-    return mean_ci(x)
-
-
-def _relative(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
-    """Relative change ``mean(a)/mean(b) - 1`` in %, paired delta-method 95% interval."""
-    if a.shape[0] == 0:
-        return math.nan, math.nan, math.nan
-    mb = float(b.mean())
-    if mb == 0.0:
-        return math.nan, math.nan, math.nan
-    r = float(a.mean()) / mb - 1.0
-    z = (a - (1.0 + r) * b) / mb
-    m, lo, hi = _nan_ci(z)
-    return 100.0 * r, 100.0 * (r + lo - m), 100.0 * (r + hi - m)
-
-
 @dataclass
 class OnlineResult:
     """Per-session measurements of every arm of one simulated online run.
@@ -363,8 +343,8 @@ class OnlineResult:
         for arm in self.arms:
             for m in names:
                 v = self.values(arm, m)
-                mean, lo, hi = _nan_ci(v)
-                rel, rlo, rhi = _relative(v, base_vals[m])
+                mean, lo, hi = nonneg_mean_ci(v)
+                rel, rlo, rhi = relative_change(v, base_vals[m])
                 rows.append(
                     {
                         "arm": arm,
