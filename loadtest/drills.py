@@ -380,6 +380,8 @@ def drill_reload(
             else math.nan
         )
         answers = [a.result.get("status") if isinstance(a.result, dict) else None for a in actions]
+        good_body = actions[0].result.get("body", {}) if isinstance(actions[0].result, dict) else {}
+        workers_applied = good_body.get("workers", {}).get("applied")
         failed = int(failed_mask(lv).sum())
         result = {
             "drill": "reload",
@@ -387,6 +389,7 @@ def drill_reload(
             "bundle_before": old_version,
             "bundle_good": new_version,
             "reload_answers": answers,
+            "good_reload_workers": good_body.get("workers"),
             "failed_requests": failed,
             "served_by_phase": phases,
             "recovery_s": round(first_new - t_good, 4) if math.isfinite(first_new) else None,
@@ -396,6 +399,7 @@ def drill_reload(
         }
         checks = {
             "answers_200_then_409": answers == [200, 409],
+            "good_reload_applied_by_every_worker": workers_applied == cfg.workers,
             "every_response_after_the_good_reload_from_it": bool(
                 after_good.any() and (bundle[after_good] == new_version).all()
             ),

@@ -26,7 +26,9 @@ these the bundle has (weights renormalised), seed ``ranker-default``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -54,6 +56,7 @@ from service.bucketing import (
     experiment_from_dict,
     experiment_to_dict,
 )
+from service.control import ControlFolder, ControlRecord
 from service.exposure import FEEDBACK_SCHEMA, LogSinks, build_log_sinks
 from service.metrics import Metrics, build_metrics, render_metrics
 from service.schemas import (
@@ -72,6 +75,8 @@ from service.schemas import (
 )
 from service.settings import Settings
 from service.state_store import StateStore, build_state_store, state_key
+
+log = logging.getLogger("ranker")
 
 DEFAULT_SPLIT = (("drl_student", 0.8, 0.05, 3), ("drl_teacher", 0.1, 0.0, 1),
                  ("wide_deep_weighted", 0.1, 0.0, 1))  # fmt: skip
@@ -99,6 +104,10 @@ class Services:
     """The experiment is the built-in split (no file, no admin change): a reload re-derives it
     for the new bundle's models."""
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    control: ControlFolder | None = None
+    """The folder the workers share for admin changes (None: this process alone)."""
+    generation: int = 0
+    """The control record generation this process serves (0: none applied)."""
 
 
 class ServiceError(Exception):
@@ -158,21 +167,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = CollectorRegistry()
         metrics = build_metrics(registry)
-        bundle = await asyncio.to_thread(load_bundle, settings.bundle_dir)
-        experiment = load_experiment(settings, bundle)
+        control = ControlFolder(settings.control_dir) if settings.control_dir else None
+        record = await asyncio.to_thread(control.read) if control else None
+        if record is not None:  # an admin change was published: serve it, not the settings
+            serving = await asyncio.to_thread(serving_from_record, record)
+        else:
+            bundle = await asyncio.to_thread(load_bundle, settings.bundle_dir)
+            serving = Serving(bundle, load_experiment(settings, bundle))
         store = build_state_store(settings, on_event=metrics.record_state_event)
         sinks = build_log_sinks(settings, on_drop=metrics.record_log_drop)
         sinks.start()
-        svc = Services(settings, Serving(bundle, experiment), store, sinks, metrics, registry,
-                       np.random.default_rng(settings.explore_seed),
-                       default_experiment=settings.experiment_file is None)  # fmt: skip
+        default = (record.experiment is None) if record else settings.experiment_file is None
+        svc = Services(settings, serving, store, sinks, metrics, registry,
+                       np.random.default_rng(settings.explore_seed), default_experiment=default,
+                       control=control)  # fmt: skip
         app.state.services = svc
         _record_serving(svc)
+        follower = None
+        if control is not None:
+            if record is not None:
+                svc.generation = record.generation
+                await asyncio.to_thread(control.acknowledge, record.generation,
+                                        serving.bundle.version, None)  # fmt: skip
+            follower = asyncio.create_task(_follow_control(svc))
         svc.ready = True
         try:
             yield
         finally:
             svc.ready = False
+            if follower is not None:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
             await sinks.close()
             await store.close()
 
@@ -447,8 +473,8 @@ def _install_routes(app: FastAPI) -> None:
         """Load, verify and warm a bundle, then swap it in; a bad bundle is refused (409) and
         the current one keeps serving."""
         _check_token(svc, authorization)
-        path = Path(body.bundle_dir) if body.bundle_dir else svc.serving.bundle.path
-        async with svc.reload_lock:
+        async with _admin_change(svc) as publish:
+            path = Path(body.bundle_dir) if body.bundle_dir else svc.serving.bundle.path
             try:
                 bundle = await asyncio.to_thread(load_bundle, path)
                 experiment = (default_experiment(bundle) if svc.default_experiment
@@ -460,7 +486,11 @@ def _install_routes(app: FastAPI) -> None:
             old = svc.serving.bundle.version
             svc.serving = Serving(bundle, experiment)
             _record_serving(svc)
-        return {"status": "reloaded", "from": old, "bundle_version": bundle.version}
+            record = await publish()
+        workers = await _await_workers(svc, record)
+        return {"status": "reloaded" if workers["applied"] == workers["expected"] else "partial",
+                "from": old, "bundle_version": bundle.version, "generation": svc.generation,
+                "workers": workers}  # fmt: skip
 
     @app.post("/admin/experiment", tags=["admin"], responses={**_ADMIN, **_REFUSED, **_LIMITS})
     async def experiment(body: Annotated[dict[str, Any], Body(json_schema_extra=EXPERIMENT_SCHEMA)],
@@ -468,16 +498,138 @@ def _install_routes(app: FastAPI) -> None:
                          authorization: Authorization = None) -> dict[str, Any]:  # fmt: skip
         """Replace the experiment (arms, weights, exploration, QA overrides)."""
         _check_token(svc, authorization)
-        try:
-            exp = experiment_from_dict(body)
-            check_experiment(exp, svc.serving.bundle)
-        except ValueError as e:
-            raise ServiceError(422, "experiment", str(e)) from None
-        async with svc.reload_lock:
+        async with _admin_change(svc) as publish:
+            try:
+                exp = experiment_from_dict(body)
+                check_experiment(exp, svc.serving.bundle)
+            except ValueError as e:
+                raise ServiceError(422, "experiment", str(e)) from None
             svc.serving = Serving(svc.serving.bundle, exp)
             svc.default_experiment = False
             _record_serving(svc)
-        return {"status": "updated", "experiment": experiment_to_dict(exp)}
+            record = await publish()
+        workers = await _await_workers(svc, record)
+        return {"status": "updated" if workers["applied"] == workers["expected"] else "partial",
+                "experiment": experiment_to_dict(exp), "generation": svc.generation,
+                "workers": workers}  # fmt: skip
+
+
+# --- admin changes across workers (service.control) ---------------------------------------------
+
+
+def serving_from_record(record: ControlRecord, current: Serving | None = None) -> Serving:
+    """The serving pair a control record describes: its bundle (``current``'s when it is the
+    same folder and version: an experiment-only change loads nothing) and its experiment (or
+    the default split). Blocking; raises BundleError, ValueError or OSError when the bundle
+    cannot be loaded, is not the published version, or lacks an experiment arm."""
+    if (current is not None and str(current.bundle.path) == record.bundle_dir
+            and current.bundle.version == record.bundle_version):  # fmt: skip
+        bundle = current.bundle
+    else:
+        bundle = load_bundle(Path(record.bundle_dir))
+        if bundle.version != record.bundle_version:
+            raise BundleError(f"{record.bundle_dir} holds bundle {bundle.version}, the control "
+                              f"record published {record.bundle_version}")  # fmt: skip
+    if record.experiment is None:
+        return Serving(bundle, default_experiment(bundle))
+    experiment = experiment_from_dict(record.experiment)
+    check_experiment(experiment, bundle)
+    return Serving(bundle, experiment)
+
+
+@contextlib.asynccontextmanager
+async def _admin_change(svc: Services) -> AsyncIterator[Any]:
+    """One admin change at a time: this process's reload lock and, with a control folder, the
+    folder's lock, after catching up with the newest record. Yields ``publish()``, which
+    writes the serving pair as the next record (None without a folder)."""
+    async with svc.reload_lock:
+        if svc.control is None:
+
+            async def local() -> None:
+                return None
+
+            yield local
+            return
+        control = svc.control
+        async with _folder_lock(control):
+            record = await asyncio.to_thread(control.read)
+            if record is not None and record.generation > svc.generation:
+                await _apply_record(svc, record)
+
+            async def publish() -> ControlRecord:
+                b = svc.serving.bundle
+                exp = None if svc.default_experiment else experiment_to_dict(svc.serving.experiment)
+                rec = await asyncio.to_thread(control.publish, str(b.path), b.version, exp)
+                svc.generation = rec.generation
+                await asyncio.to_thread(control.acknowledge, rec.generation, b.version, None)
+                return rec
+
+            yield publish
+
+
+@contextlib.asynccontextmanager
+async def _folder_lock(control: ControlFolder) -> AsyncIterator[None]:
+    stack = contextlib.ExitStack()
+    await asyncio.to_thread(stack.enter_context, control.locked())
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(stack.close)
+
+
+async def _apply_record(svc: Services, record: ControlRecord) -> None:
+    """Serve ``record`` (under the reload lock) and acknowledge it; a record this process
+    cannot serve is acknowledged with the error and the current pair keeps serving."""
+    error = None
+    try:
+        svc.serving = await asyncio.to_thread(serving_from_record, record, svc.serving)
+        svc.default_experiment = record.experiment is None
+        _record_serving(svc)
+    except (BundleError, ValueError, OSError) as e:
+        error = f"{type(e).__name__}: {e}"
+        log.error("control generation %d refused, still serving %s: %s", record.generation,
+                  svc.serving.bundle.version, error)  # fmt: skip
+    svc.generation = record.generation
+    assert svc.control is not None
+    await asyncio.to_thread(svc.control.acknowledge, record.generation,
+                            svc.serving.bundle.version, error)  # fmt: skip
+
+
+async def _follow_control(svc: Services) -> None:
+    """Apply every newer record of the control folder (one ``stat`` per poll)."""
+    control = svc.control
+    assert control is not None
+    while True:
+        await asyncio.sleep(svc.settings.control_poll_s)
+        try:
+            if not control.changed():
+                continue
+            record = control.read()
+        except (OSError, ValueError) as e:
+            log.error("control folder %s unreadable: %s", control.path, e)
+            continue
+        if record is None or record.generation <= svc.generation:
+            continue
+        async with svc.reload_lock:
+            if record.generation > svc.generation:
+                await _apply_record(svc, record)
+
+
+async def _await_workers(svc: Services, record: ControlRecord | None) -> dict[str, Any]:
+    """How many workers serve ``record``: waits until every live worker acknowledged it or
+    ``control_timeout_s`` passed. ``{"expected", "applied", "refused": {worker: error}}``."""
+    if record is None:
+        return {"expected": 1, "applied": 1, "refused": {}}
+    assert svc.control is not None
+    expected = svc.settings.workers
+    deadline = time.monotonic() + svc.settings.control_timeout_s
+    while True:
+        acks = await asyncio.to_thread(svc.control.acks, record.generation)
+        if len(acks) >= expected or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(svc.settings.control_poll_s / 4)
+    return {"expected": expected, "applied": sum(a.error is None for a in acks),
+            "refused": {a.worker: a.error for a in acks if a.error is not None}}
 
 
 def _record_serving(svc: Services) -> None:
@@ -503,6 +655,7 @@ def _models_info(svc: Services) -> ModelsResponse:
         bundle_dir=str(b.path),
         state_schema_version=b.manifest.state_schema_version,
         experiment_seed=e.seed,
+        generation=svc.generation,
         arms=[
             {
                 "name": a.name,

@@ -2,8 +2,9 @@
 
 Imports nothing from training and no torch: it runs from an install of the ``serve`` extra.
 Flags override the environment; with several workers each process builds the app from the
-environment (uvicorn's factory), and Prometheus runs in multiprocess mode over a temporary
-folder unless ``PROMETHEUS_MULTIPROC_DIR`` is set.
+environment (uvicorn's factory), Prometheus runs in multiprocess mode over a temporary
+folder unless ``PROMETHEUS_MULTIPROC_DIR`` is set, and admin changes go to every worker
+through a temporary control folder unless ``RANKER_CONTROL_DIR`` is set (service.control).
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ranker-prom-")
+    if settings.workers > 1 and settings.control_dir is None:
+        # Admin changes reach every worker through a shared folder (service.control).
+        os.environ["RANKER_CONTROL_DIR"] = tempfile.mkdtemp(prefix="ranker-control-")
     uvicorn.run("service.app:app_from_env", factory=True, host=settings.host,
                 port=settings.port, workers=settings.workers, log_level="info",
                 http="service.cli:NoDelayH11Protocol")  # fmt: skip

@@ -193,6 +193,9 @@ class ModelsResponse(BaseModel):
     bundle_dir: str
     state_schema_version: str
     experiment_seed: str
+    generation: int = Field(
+        0, description="Admin change this process serves (control record generation; 0: none)."
+    )
     arms: list[ArmInfo]
     models: dict[str, dict]
 

@@ -47,6 +47,21 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `ranker serve` binds.")
     port: int = Field(8000, ge=0, le=65535, description="Port `ranker serve` binds.")
     workers: int = Field(1, ge=1, description="Uvicorn worker processes of `ranker serve`.")
+    control_dir: Path | None = Field(
+        None,
+        description="Folder the workers share for admin changes (reload, experiment): each "
+        "worker applies every change published there (see service.control); `ranker serve` "
+        "makes a temporary one for --workers > 1; unset: an admin call changes its process.",
+    )
+    control_poll_s: float = Field(
+        0.2, gt=0, le=60, description="Seconds between a worker's checks of the control folder."
+    )
+    control_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait of an admin call for every worker to apply its change; the "
+        "answer gives how many did.",
+    )
 
     # Session-state store.
     redis_url: str | None = Field(

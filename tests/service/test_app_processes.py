@@ -140,3 +140,35 @@ def test_two_processes_serve_a_session_alternately_like_one(
     assert log.num_rows == 8 * len(cands)
     served = {r["request_id"] for r in alternating + single}
     assert set(log.column("request_id").to_pylist()) == served
+
+
+@pytest.mark.slow
+def test_a_reload_reaches_every_worker_of_ranker_serve(tmp_path: Path) -> None:
+    """`ranker serve --workers 2`: the reload's answer counts both workers, and fresh
+    connections (spread over the workers by the kernel) all get the new bundle."""
+    from tests.service.test_app_reload import copy_bundle
+
+    new_dir = copy_bundle(tmp_path / "bundle-new", version="default-reloaded")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RANKER_") and k != "PROMETHEUS_MULTIPROC_DIR"}  # fmt: skip
+    env.update({"RANKER_WORKERS": "2", "RANKER_ADMIN_TOKEN": "t0ken",
+                "RANKER_LOG_DIR": str(tmp_path / "logs")})  # fmt: skip
+    server = Server("workers", env, tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while not server.ready():
+            assert time.monotonic() < deadline, f"not ready:\n{server.tail()}"
+            time.sleep(0.05)  # polling a subprocess for readiness, deadline above
+        r = httpx.post(f"{server.url}/admin/reload", json={"bundle_dir": str(new_dir)},
+                       headers={"authorization": "Bearer t0ken"}, timeout=60.0)  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert r.json()["workers"] == {"expected": 2, "applied": 2, "refused": {}}, r.text
+        seen = set()
+        for _ in range(30):
+            with httpx.Client(timeout=10.0) as fresh:  # a new connection each time
+                m = fresh.get(f"{server.url}/v1/models").json()
+            seen.add((m["bundle_version"], m["generation"]))
+        assert seen == {("default-reloaded", 1)}
+    finally:
+        server.stop()
+    server.assert_clean_exit()
