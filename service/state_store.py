@@ -16,12 +16,14 @@ Prometheus (``Metrics.record_state_event``); the store creates no metrics itself
 timeouts (redis-py's own retries are switched off, so a call costs at most one connect plus
 one read timeout). After a failure a circuit breaker skips Redis for ``breaker_ms``: calls in
 that window return a cold state at once (counted as ``circuit_open``) instead of each paying
-the timeout. The first call after the window tries Redis again; redis-py has dropped the
-broken connection and opens a new one, so the store recovers by itself when Redis is back.
+the timeout. A connection error also closes every idle pooled connection (they died with the
+one that failed), so the first calls after the window open new connections and the store
+recovers by itself, within one window, when Redis is back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -222,7 +224,7 @@ class RedisStore:
             return True
         return False
 
-    def _failed(self, exc: BaseException) -> None:
+    async def _failed(self, exc: BaseException) -> None:
         if isinstance(exc, RedisTimeoutError | TimeoutError):
             reason = "timeout"
         elif isinstance(exc, RedisConnectionError | OSError):
@@ -232,6 +234,12 @@ class RedisStore:
         self.stats.record("error", reason)
         if self.breaker_s > 0:
             self._skip_until = self._clock() + self.breaker_s
+        if reason == "connection":
+            # The idle pooled connections died with this one (Redis restarted, or the network
+            # dropped): close them all now, so the calls after the breaker window connect
+            # afresh instead of each finding a dead socket and reopening the breaker.
+            with contextlib.suppress(RedisError, OSError):
+                await self._client.connection_pool.disconnect(inuse_connections=False)
 
     async def get(self, key: str) -> bytes | None:
         """The state under ``key``; None if absent, expired, or Redis failed (counted)."""
@@ -245,7 +253,7 @@ class RedisStore:
         try:
             value = await self._client.get(self.prefix + key)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
+            await self._failed(exc)
             return None, False
         self.stats.record("miss" if value is None else "hit")
         return cast(bytes | None, value), True  # decode_responses=False: Redis returns bytes
@@ -259,7 +267,7 @@ class RedisStore:
         try:
             await self._client.set(self.prefix + key, bytes(value), px=self.ttl_ms)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
+            await self._failed(exc)
             return
         self.stats.record("set")
 
@@ -270,7 +278,7 @@ class RedisStore:
         try:
             await self._client.delete(self.prefix + key)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
+            await self._failed(exc)
 
     async def close(self) -> None:
         """Close the client and its connection pool."""

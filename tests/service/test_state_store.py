@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import os
 import signal
 import time
@@ -240,4 +242,27 @@ async def test_breaker_reopens_when_the_retry_fails(redis_server: RedisServer) -
     clock.advance(0.5)
     await store.get("k")  # tries Redis again, fails again
     assert store.stats.errors["connection"] == 2 and store.breaker_open
+    await store.close()
+
+
+@pytest.mark.asyncio
+async def test_connections_pooled_before_an_outage_are_not_reused_after_it(
+    redis_server: RedisServer,
+) -> None:
+    """Concurrent calls pool several connections; Redis dies and comes back. The first
+    failure drops the whole pool, so after one breaker window every call gets a fresh
+    connection: no stale one fails later and reopens the breaker (the short-outage drill)."""
+    clock = FakeClock()
+    store = RedisStore(redis_server.url, 60.0, connect_timeout_ms=CONNECT_MS,
+                       read_timeout_ms=READ_MS, breaker_ms=500, clock=clock)  # fmt: skip
+    await asyncio.gather(*(store.set(f"k{i}", b"v") for i in range(8)))
+    assert len(store.client.connection_pool._available_connections) > 1  # several pooled
+    redis_server.kill()
+    assert await store.get("k0") is None and store.breaker_open
+    redis_server.start()
+    clock.advance(0.5)
+    for _ in range(3):
+        got = await asyncio.gather(*(store.lookup(f"k{i}") for i in range(8)))
+        assert [ok for _, ok in got] == [True] * 8
+    assert store.stats.errors["connection"] == 1
     await store.close()
