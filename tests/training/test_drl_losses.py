@@ -13,7 +13,10 @@ from training.drl.losses import (
     combine,
     confidence,
     double_dqn_target,
+    filter_lessons,
     hint_loss,
+    lesson_hint_loss,
+    lesson_weights,
     listwise_kl,
     make_hint_adapter,
     td_loss,
@@ -157,3 +160,58 @@ def test_combine_weights_two_two_one_one_and_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         losses.total = torch.tensor(0.0)  # type: ignore[misc]
     assert isinstance(losses, DistillLosses)
+
+
+def test_filter_keeps_each_networks_own_top_k_of_the_valid_inputs():
+    # Five inputs; input 4 is invalid (placed or padding) and best for both networks.
+    q_teacher = torch.tensor([[5.0, 4.0, 1.0, 0.0, 9.0]])
+    q_student = torch.tensor([[0.0, 1.0, 3.0, 2.0, 9.0]])
+    mask = torch.tensor([[True, True, True, True, False]])
+    idx, valid = filter_lessons(q_teacher, q_student, mask, k=2)
+    # Teacher's top 2 by its own Q: 0 (5.0), 1 (4.0); the student's by *its* Q: 2, 3.
+    assert idx.tolist() == [[0, 1, 2, 3]]
+    assert valid.tolist() == [[True, True, True, True]]
+
+
+def test_filter_counts_a_student_pick_the_teacher_also_picked_once():
+    q_teacher = torch.tensor([[5.0, 4.0, 1.0, 0.0]])
+    q_student = torch.tensor([[0.0, 7.0, 3.0, 2.0]])  # student's top 2: 1 (teacher's too), 2
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    idx, valid = filter_lessons(q_teacher, q_student, mask, k=2)
+    assert idx.tolist() == [[0, 1, 1, 2]]
+    assert valid.tolist() == [[True, True, False, True]]
+
+
+def test_filter_marks_picks_beyond_the_valid_inputs_invalid_and_caps_k():
+    q = torch.tensor([[1.0, 2.0, 3.0]])
+    mask = torch.tensor([[True, False, False]])
+    idx, valid = filter_lessons(q, -q, mask, k=5)  # k capped at X = 3
+    assert idx.shape == (1, 6) and idx[0, 0] == 0 and idx[0, 3] == 0
+    assert valid.tolist() == [[True, False, False, False, False, False]]
+    with pytest.raises(ValueError, match="k=0"):
+        filter_lessons(q, q, mask, k=0)
+
+
+def test_lesson_weights_give_exploration_lessons_the_batch_mean_confidence():
+    c = torch.tensor([1.0, 0.5, 0.0])
+    w = lesson_weights(c, 3)
+    # Real item: its own confidence; each exploration lesson: mean(1, 0.5, 0) = 0.5.
+    torch.testing.assert_close(w, torch.tensor([[1.0, 0.5, 0.5], [0.5, 0.5, 0.5], [0.0, 0.5, 0.5]]))
+    torch.testing.assert_close(lesson_weights(c, 1), c[:, None])
+    torch.testing.assert_close(lesson_weights(torch.ones(2), 4), torch.ones(2, 4))
+
+
+def test_lesson_hint_loss_averages_over_the_valid_lessons_only():
+    h_t = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[2.0, 2.0], [0.0, 0.0]]])
+    h_s = torch.tensor([[[0.0, 0.0], [100.0, 0.0]], [[2.0, 0.0], [0.0, 3.0]]])
+    w = torch.tensor([[1.0, 1.0], [0.5, 0.25]])
+    mask = torch.tensor([[True, False], [True, True]])
+    # Valid: (0,0) d^2 = 1, w 1; (1,0) d^2 = 4, w 0.5; (1,1) d^2 = 9, w 0.25.
+    # The masked lesson (d^2 = 10,000) counts neither in the sum nor in the count.
+    loss = lesson_hint_loss(h_t, h_s, w, mask)
+    assert loss.item() == pytest.approx((1.0 + 2.0 + 2.25) / 3)
+    g = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        g.weight.copy_(2 * torch.eye(2))  # g(h) = 2 h undoes the 0.5: the same distances
+    loss_g = lesson_hint_loss(h_t, 0.5 * h_s, w, mask, adapter=g)
+    assert loss_g.item() == pytest.approx(loss.item())

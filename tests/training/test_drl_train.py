@@ -95,6 +95,55 @@ def test_double_dqn_target_in_a_step_uses_online_argmax_and_target_value(data):
     assert b.done.any() or b.next_mask.any(1).all()
 
 
+def test_step_weights_lessons_by_the_teachers_confidence(data):
+    """The composition of forward: confidence from the teacher's Q and target (Eq. 8), the
+    KL weighted by it per state, the hint by :func:`lesson_weights` over the valid lessons."""
+    from training.drl.losses import confidence, lesson_hint_loss, lesson_weights, listwise_kl
+
+    _, side, req = data
+    tr = _spread(DRLTrainer(SMALL, side))
+    b = _batch(tr, req)
+    model = tr.model
+    losses, info = model(b, tr.teacher_target, tr.student_target)
+
+    def real(net, target):
+        # Q of the shown items through the serving path (encode, state, score).
+        enc = net.encode(b.enc_ids)
+        q, _ = net.score(enc[b.hist_index], b.hist_mask, b.user_ctx, b.action[:, None])
+        s = net.state(enc[b.hist_index], b.hist_mask, b.user_ctx)
+        return q[:, 0], model._target(net, target, b, net.project(enc)), s
+
+    with torch.no_grad():
+        q_t, y_t, s_t = real(model.teacher, tr.teacher_target)
+        q_s, y_s, s_s = real(model.student, tr.student_target)
+        c_t, c_s = confidence(q_t, y_t), confidence(q_s, y_s)
+        ids, mask = model._lessons(b, s_t, s_s)
+        assert mask[:, 1:].any() and not mask[:, 1:].all()  # some lessons are filtered out
+        q_tl, h_tl = model.teacher.q_from_state(s_t, ids)
+        q_sl, h_sl = model.student.q_from_state(s_s, ids)
+        kl = listwise_kl(q_tl, q_sl, mask, c_t, tau=SMALL.temperature)
+        w = lesson_weights(c_t, ids.shape[1])
+        hint = lesson_hint_loss(h_tl, h_sl, w, mask, model.adapter)
+    assert abs(float(c_t.mean() - c_s.mean())) > 0.05  # the two confidences differ
+    assert info["charts/confidence"] == pytest.approx(float(c_t.mean()), abs=1e-5)
+    torch.testing.assert_close(losses.kl.detach(), kl, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(losses.hint.detach(), hint, rtol=1e-4, atol=1e-7)
+
+
+def test_soft_update_moves_the_target_tau_of_the_way_to_the_online_network():
+    from training.drl.train import soft_update
+
+    online, target = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        online.weight.fill_(1.0), online.bias.fill_(-2.0)
+        target.weight.fill_(0.0), target.bias.fill_(2.0)
+    soft_update(target, online, 0.25)  # theta' = 0.75 theta' + 0.25 theta
+    assert target.weight.item() == pytest.approx(0.25) and target.bias.item() == pytest.approx(1.0)
+    soft_update(target, online, 0.25)
+    assert target.weight.item() == pytest.approx(0.4375)
+    assert online.weight.item() == 1.0  # the online network is untouched
+
+
 @pytest.mark.parametrize(
     "switch,value",
     [

@@ -54,6 +54,57 @@ class Batch:
         )
 
 
+def unplaced(cand_mask: np.ndarray, n_placed: np.ndarray) -> np.ndarray:
+    """``(B, C)`` bool: the logged candidates not yet placed when ``n_placed`` slots are filled.
+
+    A request's candidate columns hold the shown items first, in slot order, so after slots
+    ``0 .. n_placed - 1`` the unplaced ones are the valid columns ``j >= n_placed``:
+    ``cand_mask[b, j] & (j >= n_placed[b])``. ``cand_mask (B, C)`` bool, ``n_placed (B,)``.
+    """
+    cols = np.arange(cand_mask.shape[1])[None, :]
+    return cand_mask & (cols >= np.asarray(n_placed)[:, None])
+
+
+@dataclass(frozen=True)
+class NextState:
+    """Where each instance's next state is (METHODS.md, "DRL-Rec"); ``(B,)`` arrays but mask."""
+
+    request: np.ndarray
+    """Request of the next state (the instance's own request when ``done``)."""
+    slot: np.ndarray
+    """Slot the next state fills: ``t + 1`` within the request, 0 in the next request."""
+    same_request: np.ndarray
+    """bool: the next state is the same request's next slot."""
+    done: np.ndarray
+    """bool: terminal, after the last shown slot of the session's last request."""
+    mask: np.ndarray
+    """``(B, C)`` bool: the next state's valid actions, its request's unplaced logged
+    candidates (impressed and non-impressed); all false when ``done``."""
+
+
+def next_state(
+    r: np.ndarray,
+    t: np.ndarray,
+    n_shown: np.ndarray,
+    next_req: np.ndarray,
+    cand_mask: np.ndarray,
+) -> NextState:
+    """The next state of instances at slot ``t`` of request ``r``: slot ``t + 1`` of ``r`` while
+    ``t + 1 < n_shown[r]``, else slot 0 of ``next_req[r]``, else terminal (``next_req[r] < 0``).
+
+    ``r``, ``t`` ``(B,)``; ``n_shown``, ``next_req`` ``(R,)`` and ``cand_mask (R, C)`` are
+    per-request arrays of :class:`~training.data.features.Requests`. The Double-DQN max of
+    the target (:func:`training.drl.losses.double_dqn_target`) runs over ``mask``.
+    """
+    same = t + 1 < n_shown[r]
+    nxt = next_req[r]
+    done = ~same & (nxt < 0)
+    nr = np.where(same, r, np.where(done, r, nxt))
+    nt = np.where(same, t + 1, 0)
+    mask = unplaced(cand_mask[nr], nt) & ~done[:, None]
+    return NextState(request=nr, slot=nt, same_request=same, done=done, mask=mask)
+
+
 def history(req: Requests, g: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     """``(B, m, n)`` ids and ``(B, m)`` mask of the ``m`` impressions before each ``g``."""
     idx, mask = history_index(req, g, m)
@@ -61,7 +112,12 @@ def history(req: Requests, g: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarra
 
 
 def history_index(req: Requests, g: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(B, m)`` flat impression indices (oldest first) and mask of the window before ``g``."""
+    """``(B, m)`` flat impression indices (oldest first) and mask of the window before ``g``.
+
+    The window is impressions ``g - m .. g - 1``, strictly before ``g`` (the state the item at
+    ``g`` is chosen in does not contain it), valid where they belong to ``g``'s session
+    (``>= imp_sess_start[g]``); invalid slots point at ``g`` itself, masked out.
+    """
     idx = g[:, None] - m + np.arange(m)[None, :]
     mask = idx >= req.imp_sess_start[g][:, None]
     return np.where(mask, idx, g[:, None]), mask
@@ -97,14 +153,8 @@ def make_batch(
     hidx, hmask = history_index(req, g, memory)
     uniq, inv = np.unique(np.concatenate([hidx, g[:, None]], axis=1), return_inverse=True)
     inv = inv.reshape(len(g), memory + 1)
-    same = t + 1 < req.n_shown[r]
-    nxt = req.next_req[r]
-    done = ~same & (nxt < 0)
-    nr = np.where(same, r, np.where(done, r, nxt))
-    nt = np.where(same, t + 1, 0)
-    n_cols = req.cand_item.shape[1]
-    cols = np.arange(n_cols)[None, :]
-    next_mask = req.cand_mask[nr] & (cols >= nt[:, None]) & ~done[:, None]
+    nxt = next_state(r, t, req.n_shown, req.next_req, req.cand_mask)
+    nr, nt, same, done = nxt.request, nxt.slot, nxt.same_request, nxt.done
     next_cand = candidate_ids(req, nr, nt)
     k = req.list_size
     slate = candidate_ids(req, r, t, cols=np.broadcast_to(np.arange(k), (len(r), k)))
@@ -133,7 +183,7 @@ def make_batch(
         same_request=torch.from_numpy(same),
         next_user_ctx=lt(req.user_ctx[nr]),
         next_cand=lt(next_cand),
-        next_mask=torch.from_numpy(next_mask),
+        next_mask=torch.from_numpy(nxt.mask),
         explore=None if explore is None else lt(explore),
         explore_mask=None if explore_mask is None else torch.from_numpy(explore_mask),
         slate=lt(slate),
@@ -152,19 +202,19 @@ def exploration_candidates(
     """``(B, X, 12)`` ids and ``(B, X)`` mask of the exploration input of each instance."""
     b = len(r)
     n_cols = req.cand_item.shape[1]
-    cols = np.arange(n_cols)[None, :]
-    unplaced = req.cand_mask[r] & (cols > t[:, None])
+    # The real item (slot t) is the state's own lesson, not an exploration input.
+    free = unplaced(req.cand_mask[r], t + 1)
     if n_explore <= n_cols:
         # A random subset of the unplaced logged candidates: random keys, take the top X.
-        keys = np.where(unplaced, rng.random((b, n_cols)), -1.0)
+        keys = np.where(free, rng.random((b, n_cols)), -1.0)
         pick = np.argpartition(-keys, n_explore - 1, axis=1)[:, :n_explore]
         ids = candidate_ids(req, r, t, cols=pick)
-        return ids, np.take_along_axis(unplaced, pick, axis=1)
+        return ids, np.take_along_axis(free, pick, axis=1)
     logged = candidate_ids(req, r, t)
     extra = rng.integers(0, side.n_items, size=(b, n_explore - n_cols))
     cat = catalogue_ids(req, side, r, t, extra)
     ids = np.concatenate([logged, cat], axis=1)
     # A catalogue draw may repeat one of the request's candidates (about X/N of them); that
     # only duplicates a lesson, so it is left in rather than checked per batch.
-    mask = np.concatenate([unplaced, np.ones(extra.shape, dtype=bool)], axis=1)
+    mask = np.concatenate([free, np.ones(extra.shape, dtype=bool)], axis=1)
     return ids, mask

@@ -1,10 +1,12 @@
 """DRL-Rec's losses as small pure functions (METHODS.md, "DRL-Rec"; paper Eqs. 5-9).
 
 This module owns the maths of one training step: the Double-DQN target, the TD loss, the
-teacher's confidence, the list-wise KL and hint distillation losses, and their weighted sum
-(:class:`DistillLosses`). No module state: the hint adapter ``g`` is built here
-(:func:`make_hint_adapter`) but owned by the training module. Shapes: ``B`` states, ``C``
-next candidates, ``L`` entries of a Q-value list, ``N`` hint instances.
+teacher's confidence, exploring and filtering (:func:`filter_lessons`), the lessons' weights
+(:func:`lesson_weights`), the list-wise KL and hint distillation losses, and their weighted
+sum (:class:`DistillLosses`). ``training.drl.train.DRLRec.forward`` only composes them. No
+module state: the hint adapter ``g`` is built here (:func:`make_hint_adapter`) but owned by
+the training module. Shapes: ``B`` states, ``C`` next candidates, ``X`` exploration inputs,
+``L`` lessons (entries of a Q-value list), ``N`` hint instances.
 
 Where METHODS.md (followed here) and the authors' simplified code differ:
 
@@ -30,7 +32,10 @@ __all__ = [
     "combine",
     "confidence",
     "double_dqn_target",
+    "filter_lessons",
     "hint_loss",
+    "lesson_hint_loss",
+    "lesson_weights",
     "listwise_kl",
     "make_hint_adapter",
     "td_loss",
@@ -117,6 +122,61 @@ def confidence(q_teacher_real: torch.Tensor, y: torch.Tensor, eps: float = 1e-6)
     return 1.0 - err / (err.max() + eps)
 
 
+def filter_lessons(
+    q_teacher: torch.Tensor, q_student: torch.Tensor, mask: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exploring and filtering (METHODS.md, "DRL-Rec"; paper Sec. 3.3): which exploration
+    inputs become lessons.
+
+    The teacher's top ``k`` by its own Q values, then the student's top ``k`` by *its* Q
+    values, among the valid inputs of each row. A student pick that the teacher also picked is
+    kept in place but marked invalid (each item is a lesson once); a pick that lands on an
+    invalid input (a row with fewer than ``k`` valid ones) is invalid too.
+
+    Args:
+        q_teacher: ``(B, X)`` teacher Q values of the exploration inputs.
+        q_student: ``(B, X)`` student Q values of the same inputs.
+        mask: ``(B, X)`` bool, valid inputs.
+        k: picks per network, capped at ``X``; ``>= 1``.
+
+    Returns ``idx (B, 2 k')`` columns of the inputs (teacher's picks first, each side in
+    descending Q order) and ``valid (B, 2 k')`` bool, ``k' = min(k, X)``. Raises ValueError
+    for mismatched shapes or ``k < 1``.
+    """
+    if not q_teacher.shape == q_student.shape == mask.shape or q_teacher.dim() != 2:
+        raise ValueError(
+            f"q_teacher {tuple(q_teacher.shape)}, q_student {tuple(q_student.shape)} and "
+            f"mask {tuple(mask.shape)} must be the same (B, X)"
+        )
+    if k < 1:
+        raise ValueError(f"k={k} must be >= 1")
+    k = min(k, q_teacher.shape[1])
+    neg = torch.finfo(torch.float32).min
+    top_t = q_teacher.masked_fill(~mask, neg).topk(k, dim=1).indices
+    top_s = q_student.masked_fill(~mask, neg).topk(k, dim=1).indices
+    valid_t = mask.gather(1, top_t)
+    also_teacher = (top_s[:, :, None] == top_t[:, None, :]).any(-1)
+    valid_s = mask.gather(1, top_s) & ~also_teacher
+    return torch.cat([top_t, top_s], dim=1), torch.cat([valid_t, valid_s], dim=1)
+
+
+def lesson_weights(c_real: torch.Tensor, n_lessons: int) -> torch.Tensor:
+    """Confidence weight of every lesson of each state (METHODS.md, "Confidence").
+
+    ``w[b, 0] = c_real[b]`` (the real item's own confidence) and ``w[b, j] = mean_b' c_real[b']``
+    for ``j >= 1``: exploration lessons have no target, so they get the batch mean of the real
+    confidences. ``c_real (B,)``, ``n_lessons`` ``L >= 1`` (the real item plus ``L - 1``
+    exploration lessons) -> ``(B, L)``. With confidence switched off pass ones: every weight
+    is then 1. Raises ValueError for a non-(B,) ``c_real`` or ``n_lessons < 1``.
+    """
+    if c_real.dim() != 1 or c_real.numel() == 0:
+        raise ValueError(f"c_real {tuple(c_real.shape)} must be a non-empty (B,)")
+    if n_lessons < 1:
+        raise ValueError(f"n_lessons={n_lessons} must be >= 1 (the real item)")
+    bsz = c_real.shape[0]
+    return torch.cat([c_real[:, None], c_real.mean().expand(bsz, n_lessons - 1)], dim=1)
+
+
 def listwise_kl(
     q_teacher: torch.Tensor,
     q_student: torch.Tensor,
@@ -176,6 +236,35 @@ def hint_loss(
         raise ValueError(f"weight {tuple(weight.shape)} must be ({h_teacher.shape[0]},)")
     sq = ((h_teacher.detach() - h_student_adapted) ** 2).sum(dim=1)
     return (weight.detach() * sq).mean()
+
+
+def lesson_hint_loss(
+    h_teacher: torch.Tensor,
+    h_student: torch.Tensor,
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    adapter: nn.Module | None = None,
+) -> torch.Tensor:
+    """The hint loss (Eq. 9) over the valid lessons of each state, a scalar.
+
+    ``mean_{(b, j) valid} w_bj ||h^T_bj - g(h^S_bj)||^2``: :func:`hint_loss` on the ``N``
+    entries where ``mask`` is true (the mean runs over them, not over all ``B L``). Shapes:
+    ``h_teacher (B, L, Ht)``, ``h_student (B, L, Hs)``, ``weight`` and ``mask`` (bool)
+    ``(B, L)``; ``adapter`` is ``g`` (:func:`make_hint_adapter`; ``None``: identity, then
+    ``Hs`` must equal ``Ht``), applied to the valid entries only.
+    """
+    if h_teacher.dim() != 3 or h_student.shape[:2] != h_teacher.shape[:2]:
+        raise ValueError(
+            f"h_teacher {tuple(h_teacher.shape)} and h_student {tuple(h_student.shape)} "
+            "must be (B, L, H) with the same B, L"
+        )
+    if not weight.shape == mask.shape == h_teacher.shape[:2]:
+        raise ValueError(
+            f"weight {tuple(weight.shape)} and mask {tuple(mask.shape)} must be "
+            f"{tuple(h_teacher.shape[:2])}"
+        )
+    h_s = h_student[mask]
+    return hint_loss(h_teacher[mask], h_s if adapter is None else adapter(h_s), weight[mask])
 
 
 def make_hint_adapter(student_width: int, teacher_width: int) -> nn.Module:

@@ -23,6 +23,12 @@ One step, for a batch of real instances (METHODS.md, "DRL-Rec"):
    width to the teacher's.
 6. ``L = 2 L_T + 2 L_S + L_KL + L_Hint``; the teacher gets gradient only from ``L_T``.
 
+``DRLRec.forward`` only composes small functions, each tested on worked numbers: the next
+state (:func:`training.drl.batches.next_state`, :func:`next_buffer`), the target
+(:func:`~training.drl.losses.double_dqn_target`), the confidence, the filtering
+(:func:`~training.drl.losses.filter_lessons`), the lessons' weights
+(:func:`~training.drl.losses.lesson_weights`) and the losses of :mod:`training.drl.losses`.
+
 Differences from the authors' simplified code (github modriczhang/DRL-Rec) are in
 :mod:`training.drl.losses` and :mod:`training.drl.networks`.
 """
@@ -54,7 +60,9 @@ from training.drl.losses import (
     combine,
     confidence,
     double_dqn_target,
-    hint_loss,
+    filter_lessons,
+    lesson_hint_loss,
+    lesson_weights,
     listwise_kl,
     make_hint_adapter,
     td_loss,
@@ -165,51 +173,27 @@ class DRLRec(nn.Module):
         self, b: Batch, teacher_target: QNetwork, student_target: QNetwork
     ) -> tuple[DistillLosses, dict[str, float]]:
         cfg = self.cfg
-        # Each distinct impression is encoded and GRU-input-projected once: (U, 3H).
-        enc_t = self.teacher.project(self.teacher.encode(b.enc_ids))
-        s_t = self.teacher.state_projected(enc_t[b.hist_index], b.hist_mask, b.user_ctx)
-        q_t, h_t = self.teacher.q_from_state(s_t, b.action[:, None])
-        enc_s = self.student.project(self.student.encode(b.enc_ids))
-        s_s = self.student.state_projected(enc_s[b.hist_index], b.hist_mask, b.user_ctx)
-        q_s, h_s = self.student.q_from_state(s_s, b.action[:, None])
-
+        enc_t, s_t, q_t, h_t = self._real(self.teacher, b)
+        enc_s, s_s, q_s, h_s = self._real(self.student, b)
         y_t = self._target(self.teacher, teacher_target, b, enc_t)
         y_s = self._target(self.student, student_target, b, enc_s)
-        l_t = td_loss(q_t[:, 0], y_t)
-        l_s = td_loss(q_s[:, 0], y_s)
+        l_t = td_loss(q_t, y_t)
+        l_s = td_loss(q_s, y_s)
+        # Confidence is the teacher's: its TD error against its own target (Eq. 8).
+        c_real = confidence(q_t, y_t) if cfg.use_confidence else torch.ones_like(q_t)
 
-        bsz = b.reward.shape[0]
-        if cfg.use_confidence:
-            c_real = confidence(q_t[:, 0], y_t)
-            c_explore = c_real.mean()
-        else:
-            c_real = torch.ones(bsz, device=q_t.device)
-            c_explore = torch.ones((), device=q_t.device)
-
-        # Lessons of each state: the real item, then the filtered exploration items.
-        lesson_ids = b.action[:, None]
-        lesson_mask = torch.ones(bsz, 1, dtype=torch.bool, device=q_t.device)
-        if cfg.explore_filter:
-            if b.explore is None or b.explore_mask is None:
-                raise ValueError("explore_filter is on but the batch has no exploration input")
-            picked, picked_mask = self._filter(s_t.detach(), s_s.detach(), b)
-            lesson_ids = torch.cat([lesson_ids, picked], dim=1)
-            lesson_mask = torch.cat([lesson_mask, picked_mask], dim=1)
-        need_lessons = cfg.use_kl or cfg.use_hint
+        lesson_ids, lesson_mask = self._lessons(b, s_t.detach(), s_s.detach())
         zero = torch.zeros((), device=q_t.device)
         kl = hint = zero
-        if need_lessons:
+        if cfg.use_kl or cfg.use_hint:
             with torch.no_grad():
                 q_tl, h_tl = self.teacher.q_from_state(s_t.detach(), lesson_ids)
             q_sl, h_sl = self.student.q_from_state(s_s, lesson_ids)
             if cfg.use_kl:
                 kl = listwise_kl(q_tl, q_sl, lesson_mask, c_real, tau=cfg.temperature)
             if cfg.use_hint:
-                w = torch.cat(
-                    [c_real[:, None], c_explore.expand(bsz, lesson_ids.shape[1] - 1)], dim=1
-                )
-                m = lesson_mask
-                hint = hint_loss(h_tl[m], self.adapter(h_sl[m]), w[m])
+                w = lesson_weights(c_real, lesson_ids.shape[1])
+                hint = lesson_hint_loss(h_tl, h_sl, w, lesson_mask, self.adapter)
         losses = combine(l_t, l_s, kl, hint, weights=cfg.loss_weights)
         info = {
             "charts/confidence": float(c_real.detach().mean()),
@@ -219,20 +203,52 @@ class DRLRec(nn.Module):
         }
         return losses, info
 
+    def _real(
+        self, net: QNetwork, b: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``net`` on the batch's real instances: projected encodings ``(U, 3H)`` of the
+        distinct impressions (each computed once), the state ``s_t (B, H)``, ``Q(s_t, a_t)
+        (B,)`` of the shown items and their hints ``(B, 1, mlp[-1])``."""
+        enc = net.project(net.encode(b.enc_ids))
+        s = net.state_projected(enc[b.hist_index], b.hist_mask, b.user_ctx)
+        q, h = net.q_from_state(s, b.action[:, None])
+        return enc, s, q[:, 0], h
+
+    def _lessons(
+        self, b: Batch, s_t: torch.Tensor, s_s: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each state's lessons ``(B, L, 12)`` and their mask ``(B, L)``: the real item, then
+        (exploring and filtering on) the :func:`filter_lessons` picks of the exploration input."""
+        bsz = b.action.shape[0]
+        ids = b.action[:, None]
+        mask = torch.ones(bsz, 1, dtype=torch.bool, device=ids.device)
+        if not self.cfg.explore_filter:
+            return ids, mask
+        if b.explore is None or b.explore_mask is None:
+            raise ValueError("explore_filter is on but the batch has no exploration input")
+        with torch.no_grad():
+            q_te, _ = self.teacher.q_from_state(s_t, b.explore)
+            q_se, _ = self.student.q_from_state(s_s, b.explore)
+        idx, valid = filter_lessons(q_te, q_se, b.explore_mask, self.cfg.n_filtered)
+        picked = b.explore.gather(1, idx[:, :, None].expand(-1, -1, b.explore.shape[2]))
+        return torch.cat([ids, picked], dim=1), torch.cat([mask, valid], dim=1)
+
     def _target(
         self, net: QNetwork, target: QNetwork, b: Batch, enc_hist: torch.Tensor
     ) -> torch.Tensor:
-        """Double-DQN target: the online net picks the next action, the target net values it."""
+        """Double-DQN target: the online net picks the next action, the target net values it.
+
+        The next state's buffer is the instance's window with its own impression pushed in
+        (:func:`next_buffer`); its candidates and mask come from the batch
+        (:func:`training.drl.batches.next_state`)."""
         per_request = self.cfg.discount == "request"
         if self.cfg.gamma == 0 and not per_request:
             return b.reward
         with torch.no_grad():
-            enc = enc_hist.detach()  # projected encodings, as in forward
-            buf, mask = push(enc[b.hist_index], b.hist_mask, enc[b.cur_index])
+            buf, mask = next_buffer(enc_hist.detach(), b)  # projected encodings, as in forward
             s_on = net.state_projected(buf, mask, b.next_user_ctx)
             q_on, _ = net.q_from_state(s_on, b.next_cand)
-            enc_tg = target.project(target.encode(b.enc_ids))
-            buf_t, mask_t = push(enc_tg[b.hist_index], b.hist_mask, enc_tg[b.cur_index])
+            buf_t, mask_t = next_buffer(target.project(target.encode(b.enc_ids)), b)
             s_tg = target.state_projected(buf_t, mask_t, b.next_user_ctx)
             q_tg, _ = target.q_from_state(s_tg, b.next_cand)
         gamma: float | torch.Tensor = self.cfg.gamma
@@ -240,25 +256,16 @@ class DRLRec(nn.Module):
             gamma = torch.where(b.same_request, 1.0, self.cfg.gamma).to(b.reward.dtype)
         return double_dqn_target(b.reward, b.done, gamma, q_on, q_tg, b.next_mask)
 
-    @torch.no_grad()
-    def _filter(
-        self, s_t: torch.Tensor, s_s: torch.Tensor, b: Batch
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-led and student-led top-k of the exploration input: ``(B, 2k, 12)``."""
-        assert b.explore is not None and b.explore_mask is not None
-        k = min(self.cfg.n_filtered, b.explore.shape[1])
-        neg = torch.finfo(torch.float32).min
-        q_te, _ = self.teacher.q_from_state(s_t, b.explore)
-        q_se, _ = self.student.q_from_state(s_s, b.explore)
-        top_t = q_te.masked_fill(~b.explore_mask, neg).topk(k, dim=1).indices
-        top_s = q_se.masked_fill(~b.explore_mask, neg).topk(k, dim=1).indices
-        valid_t = b.explore_mask.gather(1, top_t)
-        valid_s = b.explore_mask.gather(1, top_s) & ~(top_s[:, :, None] == top_t[:, None, :]).any(
-            -1
-        )
-        idx = torch.cat([top_t, top_s], dim=1)
-        picked = b.explore.gather(1, idx[:, :, None].expand(-1, -1, b.explore.shape[2]))
-        return picked, torch.cat([valid_t, valid_s], dim=1)
+
+def next_buffer(enc: torch.Tensor, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next state's window: the instance's window with its own impression pushed in.
+
+    ``enc (U, E')``: one row per distinct impression of the batch (encodings, or their GRU
+    projections); returns ``buffer (B, m, E')`` and ``mask (B, m)``, as
+    :func:`training.drl.networks.push` of ``enc[cur_index]`` onto ``enc[hist_index]``. The
+    same step serving takes after placing an item.
+    """
+    return push(enc[b.hist_index], b.hist_mask, enc[b.cur_index])
 
 
 def stream_rng(seed: int) -> np.random.Generator:
