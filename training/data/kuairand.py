@@ -81,7 +81,16 @@ from contract.schema import (
 )
 from training.data.pipeline import DatasetBuilder
 from training.sim.config import ConfigError
-from training.sim.world import _ACTIVE, _REGISTER, _UPLOAD
+from training.sim.world import (
+    ACTIVE_DEGREE_IDS,
+    ACTIVE_DEGREE_OTHER,
+    N_SEG_A,
+    N_SEG_B,
+    REGISTER_DAYS_IDS,
+    REGISTER_DAYS_OTHER,
+    UPLOAD_TYPE_IDS,
+    UPLOAD_TYPE_OTHER,
+)
 
 ARM_STANDARD = "kuairand_standard"
 ARM_RANDOM = "kuairand_random"
@@ -116,8 +125,6 @@ RANGE_COLUMNS = {
     "u_fans": "fans_user_num_range",
     "u_friend": "friend_user_num_range",
 }
-#: Segment counts of the simulator's world (``n_seg_a``, ``n_seg_b`` in ``build_world``).
-N_SEG_A, N_SEG_B = 7, 50
 
 _SPILL = "_spill"
 _PIECE_ROWS = 65_536
@@ -285,8 +292,8 @@ def users_table(df: pd.DataFrame, source: str = "<users>") -> pa.Table:
     """The users side table from rows of a KuaiRand user-features CSV.
 
     The same ids as :func:`training.sim.world.build_world` gives the same rows:
-    ``u_active`` and ``u_register`` through its ``_ACTIVE`` / ``_REGISTER`` dicts (unknown ->
-    1 / 9); ``u_follow``, ``u_fans``, ``u_friend``: 1 + the rank of the value among the
+    ``u_active`` and ``u_register`` through its ``ACTIVE_DEGREE_IDS`` / ``REGISTER_DAYS_IDS``
+    (unknown -> 1 / 9); ``u_follow``, ``u_fans``, ``u_friend``: 1 + the rank of the value among the
     sorted distinct values *of the rows given* (so pass the whole file: the simulator's ids
     match these when its sample holds every distinct value); ``u_seg_a`` = 1 + min(onehot_feat1,
     6), ``u_seg_b`` = 1 + min(onehot_feat2, 49). Expects the range and degree columns read as
@@ -295,9 +302,13 @@ def users_table(df: pd.DataFrame, source: str = "<users>") -> pa.Table:
     user_id = _int_column(df["user_id"], source, "user_id")
     _unique_ids(user_id, source, "user_id")
     cols: dict[str, np.ndarray] = {"user_id": user_id}
-    cols["u_active"] = np.array([_ACTIVE.get(v, 1) for v in df["user_active_degree"]], np.int64)
+    cols["u_active"] = np.array(
+        [ACTIVE_DEGREE_IDS.get(v, ACTIVE_DEGREE_OTHER) for v in df["user_active_degree"]],
+        np.int64,
+    )
     cols["u_register"] = np.array(
-        [_REGISTER.get(v, 9) for v in df["register_days_range"]], np.int64
+        [REGISTER_DAYS_IDS.get(v, REGISTER_DAYS_OTHER) for v in df["register_days_range"]],
+        np.int64,
     )
     for field, col in RANGE_COLUMNS.items():
         values = df[col].to_numpy(dtype=object)
@@ -331,7 +342,7 @@ def items_table(df: pd.DataFrame, source: str = "<videos>") -> pa.Table:
 
     As the simulator's world: ``tag`` = first of the comma-separated tags (0 if none),
     ``duration_s`` = video_duration / 1000 with missing or 0 replaced by the median of the
-    positive durations of the rows given, ``upload_type`` through ``_UPLOAD`` (6 = other),
+    positive durations of the rows given, ``upload_type`` through ``UPLOAD_TYPE_IDS`` (6 = other),
     ``music_type`` as an int (0 if missing). Expects ``tag`` and ``upload_type`` as text.
     """
     video_id = _int_column(df["video_id"], source, "video_id")
@@ -341,7 +352,9 @@ def items_table(df: pd.DataFrame, source: str = "<videos>") -> pa.Table:
     dur = _loose_int(df["video_duration"]) / 1000.0
     pos = dur > 0
     dur = np.where(pos, dur, np.median(dur[pos]) if pos.any() else 0.0)
-    upload = np.array([_UPLOAD.get(v, 6) for v in df["upload_type"]], dtype=np.int64)
+    upload = np.array(
+        [UPLOAD_TYPE_IDS.get(v, UPLOAD_TYPE_OTHER) for v in df["upload_type"]], dtype=np.int64
+    )
     music = _loose_int(df["music_type"])
     return pa.table(
         {

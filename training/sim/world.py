@@ -36,16 +36,24 @@ from training.sim.config import ConfigError, WorldConfig
 KUAIRAND_USERS = "user_features_pure.csv"
 KUAIRAND_VIDEOS = "video_features_basic_pure.csv"
 
-_ACTIVE = {
+#: KuaiRand-Pure's vocabularies as user and item field ids: the KuaiRand world here and the
+#: KuaiRand converter (:mod:`training.data.kuairand`) both map the CSVs with these, so a user
+#: or a video gets the same ids from either. A value not listed gets the ``*_OTHER`` id.
+ACTIVE_DEGREE_IDS = {
     "UNKNOWN": 1, "day_new": 2, "2_14_day_new": 3, "30day_retention": 4,
     "single_low_active": 5, "low_active": 6, "middle_active": 7, "high_active": 8,
     "full_active": 9,
 }  # fmt: skip
-_REGISTER = {
+ACTIVE_DEGREE_OTHER = 1
+REGISTER_DAYS_IDS = {
     "8-14": 1, "15-30": 2, "31-60": 3, "61-90": 4, "91-180": 5,
     "181-365": 6, "366-730": 7, "730+": 8,
 }  # fmt: skip
-_UPLOAD = {"LongImport": 1, "Web": 2, "ShortImport": 3, "Kmovie": 4, "LongPicture": 5}
+REGISTER_DAYS_OTHER = 9
+UPLOAD_TYPE_IDS = {"LongImport": 1, "Web": 2, "ShortImport": 3, "Kmovie": 4, "LongPicture": 5}
+UPLOAD_TYPE_OTHER = 6
+#: User segments: ``u_seg_a = 1 + min(onehot_feat1, N_SEG_A - 1)``, likewise ``u_seg_b``.
+N_SEG_A, N_SEG_B = 7, 50
 #: Probability of a session on a given day, by u_active id (busier users come back more).
 _ACTIVITY_BY_ACTIVE = np.array([0.5, 0.3, 0.3, 0.4, 0.35, 0.2, 0.3, 0.45, 0.6, 0.75])
 
@@ -156,7 +164,10 @@ def build_world(cfg: WorldConfig) -> World:
         author = np.array([_int(r["author_id"]) for r in rows], dtype=np.int64)
         dur = np.array([_int(r["video_duration"]) / 1000.0 for r in rows])
         dur = np.where(dur > 0, dur, np.median(dur[dur > 0]))
-        upload = np.array([_UPLOAD.get(r["upload_type"], 6) for r in rows], dtype=np.int64)
+        upload = np.array(
+            [UPLOAD_TYPE_IDS.get(r["upload_type"], UPLOAD_TYPE_OTHER) for r in rows],
+            dtype=np.int64,
+        )
         music = np.array([_int(r["music_type"], 0) for r in rows], dtype=np.int64)
         tags_present = np.unique(tag)
         topic = np.searchsorted(tags_present, tag)
@@ -189,7 +200,7 @@ def build_world(cfg: WorldConfig) -> World:
     clickbait *= float(mech.clickbait)
 
     # ---- population ----
-    n_seg_a, n_seg_b = 7, 50
+    n_seg_a, n_seg_b = N_SEG_A, N_SEG_B
     seg_a_pref = rng.normal(size=(n_seg_a + 1, n_topics)) * 1.2
     seg_b_pref = rng.normal(size=(n_seg_b + 1, n_topics)) * 1.0
     if cfg.kuairand:
@@ -209,8 +220,8 @@ def build_world(cfg: WorldConfig) -> World:
         fields = np.array(
             [
                 [
-                    _ACTIVE.get(r["user_active_degree"], 1),
-                    _REGISTER.get(r["register_days_range"], 9),
+                    ACTIVE_DEGREE_IDS.get(r["user_active_degree"], ACTIVE_DEGREE_OTHER),
+                    REGISTER_DAYS_IDS.get(r["register_days_range"], REGISTER_DAYS_OTHER),
                     range_maps["follow_user_num_range"][r["follow_user_num_range"]],
                     range_maps["fans_user_num_range"][r["fans_user_num_range"]],
                     range_maps["friend_user_num_range"][r["friend_user_num_range"]],
