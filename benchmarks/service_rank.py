@@ -15,7 +15,10 @@ warm after the first). Reported per arm, in milliseconds:
   featurisation and graph time inside the list builder, the list build as a whole, state
   write, exposure logging, serialisation), read back from the app's registry;
 - ``validation``: ``RankRequest.model_validate_json`` of the same body, alone;
-- ``list_builder_alone``: :func:`runtime.lists.build_lists` on the same inputs, warm state.
+- ``list_builder_alone``: :func:`runtime.lists.build_lists` on the same inputs, warm state,
+  on the service's bundle (loaded for batch size 1), and ``list_builder_any_batch`` on the
+  same bundle loaded for any batch size (the load before the service fixed it), the two
+  called alternately in one loop so that their ratio is measured under the same load.
 
 Usage: python benchmarks/service_rank.py [--bundle models/default] [--requests 300]
                                          [--out runs/bench/service_rank.json]
@@ -81,12 +84,14 @@ def main() -> None:
     args = ap.parse_args()
     out = asyncio.run(run(args))
     print(f"POST /v1/rank in process, {args.k} from {args.candidates}, warm session (ms)")
-    print(f"{'arm':20s} {'call':>7s} {'handler':>8s} {'builder':>8s} {'share':>6s} "
-          f"{'valid.':>7s}  stages (mean)")  # fmt: skip
+    print(f"{'arm':20s} {'call':>7s} {'handler':>8s} {'builder':>8s} {'any-B':>7s} "
+          f"{'share':>6s} {'valid.':>7s}  stages (mean)")  # fmt: skip
     for arm, r in out["results"].items():
         st = ", ".join(f"{k} {v:.3f}" for k, v in r["stages_mean_ms"].items())
         print(f"{arm:20s} {r['http_call_median_ms']:7.3f} {r['handler_mean_ms']:8.3f} "
-              f"{r['list_builder_alone_median_ms']:8.3f} {r['list_builder_share_of_call']:6.2f} "
+              f"{r['list_builder_alone_median_ms']:8.3f} "
+              f"{r['list_builder_any_batch_median_ms']:7.3f} "
+              f"{r['list_builder_share_of_call']:6.2f} "
               f"{r['validation_median_ms']:7.3f}  {st}")  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
@@ -96,6 +101,7 @@ def main() -> None:
 async def run(args: argparse.Namespace) -> dict:
     import httpx
 
+    from runtime.bundle import load_bundle
     from runtime.lists import Exploration, SessionState, build_lists
     from service.app import create_app
     from service.schemas import RankRequest
@@ -113,6 +119,7 @@ async def run(args: argparse.Namespace) -> dict:
     ):
         svc = app.state.services
         bundle = svc.serving.bundle
+        any_batch = load_bundle(args.bundle)
         items = bundle.tables.item_ids[: args.candidates].tolist()
         user = int(bundle.tables.user_ids[0])
         for arm in args.arms:
@@ -136,23 +143,23 @@ async def run(args: argparse.Namespace) -> dict:
                 t0 = time.perf_counter()
                 RankRequest.model_validate_json(raw)
                 val.append(time.perf_counter() - t0)
-            model = bundle.model(arm)
             arm_cfg = svc.serving.experiment.arm(arm)
             ex = Exploration(arm_cfg.exploration_rate, arm_cfg.exploration_top_k)
-            state = SessionState.new(model, bundle.spec.recent_window)
             cands = np.asarray(items, dtype=np.int64)[None]
-            rng = np.random.default_rng(0)
             ts = np.array([1_700_000_000_000])
-            for _ in range(20):
-                state = build_lists(bundle, model, [state], np.array([user]), ts, cands, args.k,
-                                    ex, rng).states[0]  # fmt: skip
-            alone = []
-            for _ in range(args.requests):
-                t0 = time.perf_counter()
-                res = build_lists(bundle, model, [state], np.array([user]), ts, cands, args.k,
-                                  ex, rng)  # fmt: skip
-                alone.append(time.perf_counter() - t0)
-                state = res.states[0]
+            loads = {"batch_1": bundle, "any_batch": any_batch}
+            states = {n: SessionState.new(b.model(arm), b.spec.recent_window)
+                      for n, b in loads.items()}  # fmt: skip
+            rngs = {n: np.random.default_rng(0) for n in loads}
+            alone: dict[str, list[float]] = {n: [] for n in loads}
+            for i in range(20 + args.requests):
+                for n, b in loads.items():  # alternate: both under the same load
+                    t0 = time.perf_counter()
+                    res = build_lists(b, b.model(arm), [states[n]], np.array([user]), ts, cands,
+                                      args.k, ex, rngs[n])  # fmt: skip
+                    if i >= 20:
+                        alone[n].append(time.perf_counter() - t0)
+                    states[n] = res.states[0]
             ms = lambda xs: round(1e3 * statistics.median(xs), 3)  # noqa: E731
             results[arm] = {
                 "http_call_median_ms": ms(calls),
@@ -160,9 +167,13 @@ async def run(args: argparse.Namespace) -> dict:
                 "handler_mean_ms": round(handler.get("/v1/rank", float("nan")), 3),
                 "stages_mean_ms": {k: round(v, 3) for k, v in stages.items()},
                 "validation_median_ms": ms(val),
-                "list_builder_alone_median_ms": ms(alone),
+                "list_builder_alone_median_ms": ms(alone["batch_1"]),
+                "list_builder_any_batch_median_ms": ms(alone["any_batch"]),
+                "list_builder_batch_1_over_any_batch": round(
+                    statistics.median(alone["batch_1"]) / statistics.median(alone["any_batch"]), 3
+                ),
                 "list_builder_share_of_call": round(
-                    statistics.median(alone) / statistics.median(calls), 3
+                    statistics.median(alone["batch_1"]) / statistics.median(calls), 3
                 ),  # fmt: skip
             }
     return {

@@ -131,6 +131,10 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+BATCH_DIM = "B"
+"""The graphs' batch dimension (requests per call); ``C`` is the candidates of a request."""
+
+
 def expected_io(kind: str, dims: dict[str, int]) -> dict[str, tuple[list[TensorSpec], ...]]:
     """The fixed interface of each graph of ``kind``: ``{graph: (inputs, outputs)}``.
 

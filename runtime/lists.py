@@ -188,7 +188,8 @@ def build_lists(
         user_f: ``(B, n_user)`` user field ids replacing the table lookup of ``user_ids``
             (:meth:`runtime.bundle.SideTables.user_with`).
 
-    Raises RankingInputError naming the field and value for bad shapes, ``k < 1``, duplicate
+    Raises RankingInputError naming the field and value for bad shapes (B other than the
+    bundle's ``batch_size`` when it has one), ``k < 1``, duplicate
     candidates, or exploration without a generator.
     """
     candidates = np.asarray(candidates, dtype=np.int64)
@@ -201,6 +202,9 @@ def build_lists(
         )
     if k < 1:
         raise RankingInputError(f"k={k}: must be >= 1")
+    if bundle.batch_size is not None and b != bundle.batch_size:
+        raise RankingInputError(f"candidates: {b} requests in one call; the bundle was loaded "
+                                f"for batch_size={bundle.batch_size}")  # fmt: skip
     explore = exploration is not None and exploration.epsilon > 0
     if explore and rng is None:
         raise RankingInputError("exploration needs a numpy Generator (rng)")

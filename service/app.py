@@ -151,7 +151,16 @@ def load_experiment(settings: Settings, bundle: Bundle) -> Experiment:
     return exp
 
 
-def services(request: Request) -> Services:
+def load_serving_bundle(path: Path) -> Bundle:
+    """Load, verify and warm a bundle for serving: one request per graph call (batch size 1,
+    so onnxruntime folds the graphs' shape arithmetic; see :func:`runtime.bundle.load_bundle`).
+    Raises what ``load_bundle`` raises."""
+    return load_bundle(path, batch_size=1)
+
+
+async def services(request: Request) -> Services:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop on
+    # every request for an attribute read.
     return request.app.state.services
 
 
@@ -172,7 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if record is not None:  # an admin change was published: serve it, not the settings
             serving = await asyncio.to_thread(serving_from_record, record)
         else:
-            bundle = await asyncio.to_thread(load_bundle, settings.bundle_dir)
+            bundle = await asyncio.to_thread(load_serving_bundle, settings.bundle_dir)
             serving = Serving(bundle, load_experiment(settings, bundle))
         store = build_state_store(settings, on_event=metrics.record_state_event)
         sinks = build_log_sinks(settings, on_drop=metrics.record_log_drop)
@@ -207,6 +216,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         summary="List-wise RL ranking: cached-state list building, A/B arms, exploration.",
         lifespan=lifespan,
+        # FastAPI's native OpenTelemetry checks the global providers on every request; the
+        # service's own metrics are Prometheus, so it is off unless asked for.
+        telemetry={"tracing": settings.otel, "metrics": settings.otel, "logs": settings.otel},
     )
     _install_errors(app, settings)
     _install_routes(app)
@@ -476,7 +488,7 @@ def _install_routes(app: FastAPI) -> None:
         async with _admin_change(svc) as publish:
             path = Path(body.bundle_dir) if body.bundle_dir else svc.serving.bundle.path
             try:
-                bundle = await asyncio.to_thread(load_bundle, path)
+                bundle = await asyncio.to_thread(load_serving_bundle, path)
                 experiment = (default_experiment(bundle) if svc.default_experiment
                               else svc.serving.experiment)  # fmt: skip
                 check_experiment(experiment, bundle)
@@ -526,7 +538,7 @@ def serving_from_record(record: ControlRecord, current: Serving | None = None) -
             and current.bundle.version == record.bundle_version):  # fmt: skip
         bundle = current.bundle
     else:
-        bundle = load_bundle(Path(record.bundle_dir))
+        bundle = load_serving_bundle(Path(record.bundle_dir))
         if bundle.version != record.bundle_version:
             raise BundleError(f"{record.bundle_dir} holds bundle {bundle.version}, the control "
                               f"record published {record.bundle_version}")  # fmt: skip
@@ -628,8 +640,11 @@ async def _await_workers(svc: Services, record: ControlRecord | None) -> dict[st
         if len(acks) >= expected or time.monotonic() >= deadline:
             break
         await asyncio.sleep(svc.settings.control_poll_s / 4)
-    return {"expected": expected, "applied": sum(a.error is None for a in acks),
-            "refused": {a.worker: a.error for a in acks if a.error is not None}}
+    return {
+        "expected": expected,
+        "applied": sum(a.error is None for a in acks),
+        "refused": {a.worker: a.error for a in acks if a.error is not None},
+    }
 
 
 def _record_serving(svc: Services) -> None:

@@ -29,3 +29,38 @@ def test_committed_default_bundle_loads_matches_the_spec_and_its_hashes_hold():
                       np.array([int(bundle.tables.user_ids[0])]), np.array([1_700_000_000_000]),
                       bundle.tables.item_ids[:200][None], 10)  # fmt: skip
     assert len(set(out.item_ids[0].tolist())) == 10 and not out.unknown.any()
+
+
+def test_a_bundle_loaded_for_batch_size_one_ranks_exactly_like_any_batch():
+    """The service's load (``batch_size=1``: onnxruntime folds the shape arithmetic) gives
+    the same lists, scores and next states as the batched load; other batch sizes are
+    refused by name."""
+    import pytest
+
+    from runtime.lists import Exploration, RankingInputError
+
+    any_b, one = load_bundle(DEFAULT), load_bundle(DEFAULT, batch_size=1)
+    assert one.batch_size == 1 and any_b.batch_size is None
+    items = one.tables.item_ids[::97][:200][None]
+    for name in ("drl_student", "drl_teacher", "wide_deep_weighted"):
+        outs = []
+        for bundle in (any_b, one):
+            model = bundle.model(name)
+            state = SessionState.new(model, bundle.spec.recent_window)
+            rng = np.random.default_rng(7)
+            for ts in (1_700_000_000_000, 1_700_000_060_000):  # two requests, the state carried
+                out = build_lists(bundle, model, [state], np.array([3]), np.array([ts]), items,
+                                  10, Exploration(0.3, 3), rng)  # fmt: skip
+                state = out.states[0]
+            outs.append(out)
+        a, b = outs
+        assert (a.item_ids == b.item_ids).all() and (a.propensity == b.propensity).all(), name
+        np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(a.states[0].buffer, b.states[0].buffer, rtol=0, atol=1e-5)
+    model = one.model("drl_student")
+    two = [SessionState.new(model, one.spec.recent_window)] * 2
+    with pytest.raises(RankingInputError, match="batch_size=1"):
+        build_lists(one, model, two, np.array([1, 2]), np.array([0, 0]),
+                    np.concatenate([items, items]), 10)  # fmt: skip
+    with pytest.raises(ValueError, match="batch_size=0"):
+        load_bundle(DEFAULT, batch_size=0, warm=False)
