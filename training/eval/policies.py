@@ -107,6 +107,11 @@ class _SlotRanker:
     last_scores: np.ndarray
     """``(B, K)`` float32: the score of each item of the last ranked slates, at its slot."""
 
+    def __init__(self, side: SideTables, temperature: float, seed: int) -> None:
+        self.features = OnlineFeatures(side)
+        self.temperature = temperature
+        self.seed = seed
+
     def _begin(self, obs: Observation, x: RequestInputs) -> None: ...
 
     def _scores(self, obs: Observation, x: RequestInputs, cand12: np.ndarray) -> np.ndarray:
@@ -145,24 +150,21 @@ class PointwisePolicy(_SlotRanker):
 
     def __init__(self, model: torch.nn.Module, side: SideTables, temperature: float = 0.0,
                  seed: int = 0):  # fmt: skip
+        super().__init__(side, temperature, seed)
         self.model = model.eval()
-        self.features = OnlineFeatures(side)
-        self.temperature = temperature
-        self.seed = seed
 
-    @torch.no_grad()
     def _scores(self, obs: Observation, x: RequestInputs, cand12: np.ndarray) -> np.ndarray:
-        b, c, _ = cand12.shape
-        ids = np.concatenate([np.broadcast_to(x.user_ctx[:, None], (b, c, 10)), cand12], -1)
-        logits = self.model(torch.from_numpy(np.ascontiguousarray(ids.reshape(b * c, -1))))
-        return logits.reshape(b, c).float().numpy()
+        return self._score_ids(x.user_ctx, cand12)
 
-    @torch.no_grad()
     def logged_scores(self, req: Requests, r: np.ndarray, t: np.ndarray) -> np.ndarray:
         """``(B, C)`` scores of request ``r``'s logged candidates at slot ``t`` (logged prefix)."""
-        cand12 = candidate_ids(req, r, t)
+        return self._score_ids(req.user_ctx[r], candidate_ids(req, r, t))
+
+    @torch.no_grad()
+    def _score_ids(self, user_ctx: np.ndarray, cand12: np.ndarray) -> np.ndarray:
+        """``(B, C)`` scores of ``user_ctx (B, 10)`` with each of ``cand12 (B, C, 12)``."""
         b, c, _ = cand12.shape
-        ids = np.concatenate([np.broadcast_to(req.user_ctx[r][:, None], (b, c, 10)), cand12], -1)
+        ids = np.concatenate([np.broadcast_to(user_ctx[:, None], (b, c, 10)), cand12], -1)
         out = self.model(torch.from_numpy(np.ascontiguousarray(ids.reshape(b * c, -1))))
         return out.reshape(b, c).float().numpy()
 
@@ -172,10 +174,8 @@ class QPolicy(_SlotRanker):
 
     def __init__(self, net: torch.nn.Module, side: SideTables, temperature: float = 0.0,
                  seed: int = 0):  # fmt: skip
+        super().__init__(side, temperature, seed)
         self.net = net.eval()
-        self.features = OnlineFeatures(side)
-        self.temperature = temperature
-        self.seed = seed
         self.memory = int(net.cfg.memory)
         self._hist: dict[int, np.ndarray] = {}  # session_id -> (<=m, 22) impression ids
         self._buf: torch.Tensor | None = None
