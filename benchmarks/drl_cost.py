@@ -6,8 +6,11 @@ list of ``k`` from ``n`` candidates the way the service does: per slot, the scor
 unplaced candidates from the cached state, then one state step (encode the placed item, push).
 Torch on the CPU, one request at a time, one thread. Saved as JSON.
 
-Usage: python benchmarks/drl_cost.py [--compression 0.5] [--requests 200]
-                                     [--out results/drl_cost.json]
+Usage: python benchmarks/drl_cost.py [--compression 0.5] [--requests 200] [--out PATH]
+
+Without ``--out`` the result is printed and nothing is written; the committed
+results/drl_cost.json is rewritten only when asked by name (``--out results/drl_cost.json
+--overwrite``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import io
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -85,16 +89,20 @@ def measure(net: QNetwork, n: int, k: int, requests: int, seed: int = 0) -> dict
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--compression", type=float, default=0.5)
-    ap.add_argument("--candidates", type=int, default=200)
-    ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--out", default="results/drl_cost.json")
-    args = ap.parse_args()
+    ap.add_argument("--compression", type=float, default=0.5, help="student / teacher widths")
+    ap.add_argument("--candidates", type=int, default=200, help="candidates per request")
+    ap.add_argument("--k", type=int, default=10, help="list length")
+    ap.add_argument("--requests", type=int, default=200, help="requests timed per network")
+    ap.add_argument("--out", default=None, help="JSON file to write (default: print only)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    args = ap.parse_args(argv)
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        print(f"drl_cost: error: {args.out} exists; pass --overwrite to replace it",
+              file=sys.stderr)  # fmt: skip
+        return 2
     torch.set_num_threads(1)
-    torch.manual_seed(0)
     teacher_cfg = QNetConfig.from_spec(DEFAULT_SPEC)
     res: dict = {
         "compression": args.compression,
@@ -107,7 +115,10 @@ def main() -> None:
         "load_average": os.getloadavg()[0],
     }
     for name, cfg in (("teacher", teacher_cfg), ("student", teacher_cfg.scaled(args.compression))):
-        res[name] = measure(QNetwork(cfg).eval(), args.candidates, args.k, args.requests)
+        with torch.random.fork_rng(devices=[]):  # seeded init, the global generator untouched
+            torch.manual_seed(0)
+            net = QNetwork(cfg).eval()
+        res[name] = measure(net, args.candidates, args.k, args.requests)
         print(name, {k: v for k, v in res[name].items() if k != "macs_breakdown"})
     t, s = res["teacher"], res["student"]
     res["student_over_teacher"] = {
@@ -122,10 +133,14 @@ def main() -> None:
     }
     res["paper"] = {"memory": 0.497, "computation": 0.767}
     print("student / teacher:", res["student_over_teacher"])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"saved {args.out}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2))
+        print(f"saved {args.out}")
+    else:
+        print(json.dumps(res["student_over_teacher"]))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -70,34 +71,46 @@ def _cmd_kuairand(args: argparse.Namespace) -> int:
 
 
 def _cmd_drl_train(args: argparse.Namespace) -> int:
-    from training.drl.train import DRLConfig, run
-    from training.sim.config import parse_overrides
+    import dataclasses
 
-    cfg = DRLConfig()
-    fields = {f.name: f for f in __import__("dataclasses").fields(DRLConfig)}
-    kw = {}
-    for key, raw in parse_overrides(args.set or []).items():
-        if key not in fields:
-            raise ConfigError(f"drl config: unknown key {key!r} (known: {sorted(fields)})")
-        cur = getattr(cfg, key)
-        try:
-            if isinstance(cur, bool):
-                if raw.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError
-                kw[key] = raw.lower() in ("true", "1")
-            elif isinstance(cur, tuple):
-                kw[key] = tuple(type(cur[0])(x) for x in raw.split(","))
-            else:
-                kw[key] = type(cur)(raw)
-        except ValueError:
-            raise ConfigError(f"drl config {key}={raw!r}: expected {type(cur).__name__}") from None
-    cfg = cfg.with_overrides(**kw)
+    from training.drl.train import DRLConfig, run
+    from training.harness.config import DRL_RULES, apply_overrides, check_device
+    from training.harness.runfolder import jsonable, output_folder, read_json
+
+    cfg = apply_overrides(DRLConfig(), parse_overrides(args.set or []), "drl config", DRL_RULES)
+    device = check_device(args.device)
+    Dataset.open(args.data)  # a missing or broken dataset fails before anything is written
+    out = Path(args.out)
+    want = jsonable(dataclasses.asdict(cfg))
+    done = out / "train.json"
+    if args.resume and done.exists():
+        info = read_json(done)
+        if info.get("config") != want:
+            raise ConfigError(f"{out} is a finished run of another config; choose another --out")
+        print(f"{out} is a finished run ({info['instances']:,} instances, {info['steps']:,} "
+              "steps); nothing to resume, nothing changed")  # fmt: skip
+        return 0
+    if args.resume and (out / "checkpoint.pt").exists():
+        import torch
+
+        have = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+        if jsonable(have.get("cfg")) != want:
+            raise ConfigError(f"{out}/checkpoint.pt is of another config; choose another --out")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    s = run(args.data, args.out, cfg, device=args.device, resume=args.resume,
-            progress=not args.no_progress)  # fmt: skip
+
+    def train() -> dict:
+        return run(args.data, out, cfg, device=device, resume=args.resume,
+                   progress=not args.no_progress)  # fmt: skip
+
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 owns the folder
+        s = train()
+    else:
+        with output_folder(out, resume=args.resume, overwrite=args.overwrite, what="run folder",
+                           resumable=lambda p: (p / "checkpoint.pt").exists()):  # fmt: skip
+            s = train()
     if s.get("rank", 0) == 0:
         msg = f"trained {s['instances']:,} instances in {s['seconds']} s ({s['instances_per_s']}/s)"
         if "eval" in s:
@@ -140,10 +153,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
         args.seeds,
         args.out,
         runs_dir=args.runs,
-        data_root=args.data,
+        data_root=args.datasets,
         world_overrides=parse_overrides(args.set or []),
         budget_overrides=parse_overrides(args.budget or []),
+        resume=args.resume,
+        overwrite=args.overwrite,
         progress=not args.no_progress,
+        command=_command_line(),
     )
     return 0
 
@@ -154,16 +170,23 @@ def _cmd_drl_report(args: argparse.Namespace) -> int:
     run_drl_report(
         args.preset,
         args.seeds,
-        out=args.out,
+        args.out,
         runs_dir=args.runs,
-        data_root=args.data,
+        data_root=args.datasets,
         scale=args.scale,
         only=args.only,
-        overrides=parse_overrides(args.set or []),
+        overrides=parse_overrides(args.budget or []),
+        world_overrides=parse_overrides(args.set or []),
+        resume=args.resume,
+        overwrite=args.overwrite,
         progress=not args.no_progress,
-        command="ranker " + " ".join(sys.argv[1:]) if sys.argv[1:] else None,
+        command=_command_line(),
     )
     return 0
+
+
+def _command_line() -> str | None:
+    return "ranker " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -192,12 +215,48 @@ def _print_bundle(out: str, m: dict) -> None:
               f"{e['bytes'] / 1e6:.2f} MB  max |onnx - torch| {worst:.1e}")  # fmt: skip
 
 
+#: ``--only`` groups of ``drl-report`` (training.drl.report.plan.GROUPS; a test keeps them equal,
+#: listed here so that ``--help`` does not import torch).
+DRL_REPORT_GROUPS = ("main", "ablations", "sweeps", "hrl", "pointwise", "control", "online", "cost",
+                     "tau", "horizon", "ceiling")  # fmt: skip
+PRESETS_HELP = "tiny | default | large (default: tiny)"
+
+
+def _add_folder_flags(p: argparse.ArgumentParser, what: str, resume: str) -> None:
+    p.add_argument("--resume", action="store_true", help=f"an existing {what}: {resume}")
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"an existing {what}: replace it (without --resume or --overwrite an "
+                   "existing one is refused)")  # fmt: skip
+
+
+def _add_report_args(p: argparse.ArgumentParser, budget: str) -> None:
+    p.add_argument("--preset", default="tiny", help=PRESETS_HELP)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="world and training seeds (default: 0 1 2)")  # fmt: skip
+    p.add_argument("--out", required=True,
+                   help="report folder to create (report.md, PNGs, summary.json; runs and "
+                   "datasets under it unless --runs / --datasets say otherwise)")  # fmt: skip
+    p.add_argument(
+        "--runs",
+        default=None,
+        help="folder of the training runs, reused across reports (default: <out>/runs)",
+    )
+    p.add_argument("--datasets", default=None,
+                   help="folder of the generated world datasets, reused across reports "
+                   "(default: <out>/datasets)")  # fmt: skip
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="world config override, as for simulate, e.g. n_users=500")  # fmt: skip
+    p.add_argument("--budget", action="append", metavar="KEY=VALUE", help=budget)
+    _add_folder_flags(p, "report folder", "reuse its finished runs and rewrite the report")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ranker", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("simulate", help="simulate a world and write its impression log")
-    s.add_argument("--preset", default="tiny", help="tiny | default | large (default: tiny)")
+    s.add_argument("--preset", default="tiny", help=PRESETS_HELP)
     s.add_argument(
         "--set",
         action="append",
@@ -206,45 +265,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", required=True, help="dataset folder to create")
     s.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
-    s.add_argument("--shard-rows", type=int, default=2_000_000)
-    s.add_argument("--valid-days", type=int, default=1)
-    s.add_argument("--test-days", type=int, default=1)
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--shard-rows", type=int, default=2_000_000,
+                   help="rows per Parquet shard at most (default: 2,000,000)")  # fmt: skip
+    s.add_argument("--valid-days", type=int, default=1, help="days of the valid split (default: 1)")
+    s.add_argument("--test-days", type=int, default=1,
+                   help="last days held out as the test split (default: 1)")  # fmt: skip
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     _COMMANDS["simulate"] = _cmd_simulate
 
     k = sub.add_parser("kuairand", help="convert KuaiRand log files into an impression log")
     k.add_argument("--logs", nargs="+", required=True, help="log_standard_*.csv / log_random_*.csv")
     k.add_argument("--users", required=True, help="user_features_*.csv")
     k.add_argument("--videos", required=True, help="video_features_basic_*.csv")
-    k.add_argument("--out", required=True)
-    k.add_argument("--session-gap-minutes", type=float, default=30.0)
+    k.add_argument("--out", required=True, help="dataset folder to create")
+    k.add_argument("--session-gap-minutes", type=float, default=30.0,
+                   help="a pause longer than this starts a new session (default: 30)")  # fmt: skip
     k.add_argument(
         "--list-size",
         type=int,
         default=10,
         help="consecutive rows of a session grouped into one request",
     )
-    k.add_argument("--overwrite", action="store_true")
-    k.add_argument("--valid-days", type=int, default=1)
-    k.add_argument("--test-days", type=int, default=1)
-    k.add_argument("--no-progress", action="store_true")
+    k.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    k.add_argument("--valid-days", type=int, default=1, help="days of the valid split (default: 1)")
+    k.add_argument("--test-days", type=int, default=1,
+                   help="last days held out as the test split (default: 1)")  # fmt: skip
+    k.add_argument("--no-progress", action="store_true", help="no progress bar")
     _COMMANDS["kuairand"] = _cmd_kuairand
 
     d = sub.add_parser("drl-train", help="train the DRL-Rec teacher and student (torchrun-ready)")
-    d.add_argument("--data", required=True, help="dataset folder")
-    d.add_argument("--out", required=True, help="run folder (checkpoint.pt, train.json)")
+    d.add_argument("--data", required=True, help="dataset folder (from simulate or kuairand)")
+    d.add_argument("--out", required=True, help="run folder to create (checkpoint.pt, train.json)")
     d.add_argument(
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="override a DRLConfig field, e.g. n_explore=100 or use_kl=false",
+        help="override a DRLConfig field, e.g. n_explore=100 or use_kl=false (checked: "
+        "gamma in [0, 1), sizes >= 1, known enum values)",
     )
-    d.add_argument("--device", default="cpu")
+    d.add_argument("--device", default="cpu", help="cpu, cuda, cuda:<i> or mps (default: cpu)")
     d.add_argument(
         "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)"
     )
-    d.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")
-    d.add_argument("--no-progress", action="store_true")
+    _add_folder_flags(d, "run folder", "continue from its checkpoint.pt; a finished run is "
+                      "reported and left unchanged")  # fmt: skip
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
     _COMMANDS["drl-train"] = _cmd_drl_train
 
     v = sub.add_parser("validate", help="check log shards (or a dataset folder) against the schema")
@@ -252,43 +317,22 @@ def build_parser() -> argparse.ArgumentParser:
     _COMMANDS["validate"] = _cmd_validate
 
     i = sub.add_parser("info", help="summarise a dataset folder")
-    i.add_argument("path")
+    i.add_argument("path", help="dataset folder")
     _COMMANDS["info"] = _cmd_info
 
     r = sub.add_parser("report", help="baselines: offline + online evaluation, Markdown report")
-    r.add_argument("--preset", default="tiny", help="tiny | default (default: tiny)")
-    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    r.add_argument("--out", required=True, help="report folder (report.md, PNGs, summary.json)")
-    r.add_argument("--runs", default=None, help="run folder (default: runs/<out name>-<preset>)")
-    r.add_argument("--data", default="data", help="folder of the simulated datasets")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="world config override")
-    r.add_argument(
-        "--budget",
-        action="append",
-        metavar="KEY=VALUE",
-        help="EvalConfig override, e.g. models=fm,deepfm",
-    )
-    r.add_argument("--no-progress", action="store_true")
+    _add_report_args(r, budget="EvalConfig override, e.g. models=fm,deepfm or online_users=200")
     _COMMANDS["report"] = _cmd_report
 
     dr = sub.add_parser("drl-report", help="DRL-Rec: Tables 2-4, Fig. 4, online A/B, Markdown")
-    dr.add_argument("--preset", default="tiny", help="tiny | default (default: tiny)")
-    dr.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    dr.add_argument(
-        "--out", default=None, help="report folder (default: results/drl, results/drl-<preset>)"
-    )
-    dr.add_argument("--runs", default="runs/drl-report", help="run folders: <runs>/<preset>/...")
-    dr.add_argument("--data", default="data", help="folder of the simulated datasets")
+    _add_report_args(dr, budget="ReportConfig override, e.g. max_instances=200000 or "
+                     "online_users=4000")  # fmt: skip
     dr.add_argument("--scale", type=float, default=None, help="multiply the training budget")
     dr.add_argument(
-        "--only", nargs="+", default=None, help="run only these runs or groups (main, ablations,"
-        " sweeps, hrl, pointwise, control, online, cost)",
+        "--only", nargs="+", default=None, metavar="NAME",
+        help="run only these runs or groups (" + ", ".join(DRL_REPORT_GROUPS) + "); the report "
+        "shows every finished run it finds",
     )  # fmt: skip
-    dr.add_argument(
-        "--set", action="append", metavar="KEY=VALUE",
-        help="report config override, e.g. max_instances=200000 or online_users=4000",
-    )  # fmt: skip
-    dr.add_argument("--no-progress", action="store_true")
     _COMMANDS["drl-report"] = _cmd_drl_report
 
     e = sub.add_parser("export", help="export trained rankers to a verified ONNX model bundle")
@@ -324,9 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from training.harness.claims import SanityError
+
     args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
+    except SanityError as e:
+        print(f"ranker {args.command}: {e}", file=sys.stderr)
+        return 1
     except (ConfigError, DatasetError, LogValidationError, FileNotFoundError, FileExistsError,
             BundleError) as e:  # fmt: skip
         print(f"ranker {args.command}: error: {e}", file=sys.stderr)

@@ -27,6 +27,10 @@ from training.drl.report import (
     train_prefix,
 )
 from training.drl.report import best_at as best_at_
+from training.drl.report.aggregate import paper_claims
+from training.drl.report.plan import RATIO_TOLERANCE
+from training.eval.metrics import rela_impr
+from training.harness.claims import SanityError
 from training.sim.config import ConfigError
 
 # One training step per run (4096 * 1/16 = 256 = one batch), small samples everywhere.
@@ -56,11 +60,12 @@ BUDGET = {
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _run(paths, log):
+def _run(paths, log, resume=False):
     return run_drl_report(
         "tiny",
         [0],
-        out=paths["out"],
+        paths["out"],
+        resume=resume,
         runs_dir=paths["runs"],
         data_root=paths["data"],
         scale=SCALE,
@@ -75,7 +80,10 @@ def tiny_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("drl-report")
     paths = {"out": root / "out", "runs": root / "runs", "data": root / "data"}
     first: list[str] = []
-    paths["report"] = _run(paths, first.append)
+    try:
+        paths["report"] = _run(paths, first.append)
+    except SanityError as e:  # one training step: a control may go either way; report written
+        paths["report"], paths["sanity"] = paths["out"] / "report.md", e
     paths["first_log"] = first
     return paths
 
@@ -106,6 +114,14 @@ def test_summary_numbers_are_consistent(tiny_report):
     for key in ("fm", "afn", "teacher", "student", "hrl"):
         assert 0.0 < t2[key]["auc"][0] < 1.0, key
     assert t2["fm"]["relaimpr"][0] == 0.0
+    # RelaImpr is against FM on the same seed, not against the model itself
+    fm0, afn0 = t2["fm"]["auc_per_seed"]["0"], t2["afn"]["auc_per_seed"]["0"]
+    assert t2["afn"]["relaimpr_per_seed"]["0"] == pytest.approx(rela_impr(afn0, fm0))
+    assert t2["afn"]["relaimpr_per_seed"]["0"] != 0.0
+    # The paired AUC difference of "student > teacher" is AUC(student) - AUC(teacher)
+    st, te = t2["student"]["auc_per_seed"]["0"], t2["teacher"]["auc_per_seed"]["0"]
+    d = next(c for c in s["claims"] if c["id"] == "student>teacher")["diff"]
+    assert d["per_seed"][0] == pytest.approx(st - te)
     # The same full run fills Table 2's student and Table 4's first row.
     assert s["table4"]["drl"]["auc"][0] == t2["student"]["auc"][0]
     statuses = {c["id"]: c["status"] for c in s["claims"]}
@@ -152,7 +168,7 @@ def test_rerun_skips_finished_runs(tiny_report):
     seed = tiny_report["runs"] / "tiny" / "seed0"
     before = {p: p.stat().st_mtime_ns for p in seed.glob("*/train.json")}
     log: list[str] = []
-    _run(tiny_report, log.append)
+    _run(tiny_report, log.append, resume=True)
     skipped = [line for line in log if "finished earlier, skipped" in line]
     assert len(skipped) == len(before) == 13
     assert not any(": train (" in line for line in log)
@@ -161,15 +177,15 @@ def test_rerun_skips_finished_runs(tiny_report):
 
 def test_a_changed_budget_is_refused_not_mixed(tiny_report):
     with pytest.raises(ConfigError, match="another config"):
-        run_drl_report("tiny", [0], out=tiny_report["out"], runs_dir=tiny_report["runs"],
+        run_drl_report("tiny", [0], tiny_report["out"], runs_dir=tiny_report["runs"],
                        data_root=tiny_report["data"], scale=SCALE * 2, only=["drl"],
-                       overrides=BUDGET, log=None)  # fmt: skip
+                       overrides=BUDGET, resume=True, log=None)  # fmt: skip
 
 
 def test_cli_rejects_unknown_preset_and_names(tmp_path, capsys):
     assert main(["drl-report", "--preset", "huge", "--out", str(tmp_path)]) == 2
     assert "huge" in capsys.readouterr().err
-    args = ["drl-report", "--preset", "tiny", "--only", "nonsense", "--runs", str(tmp_path)]
+    args = ["drl-report", "--preset", "tiny", "--only", "nonsense", "--out", str(tmp_path / "o")]
     assert main(args) == 2
     assert "nonsense" in capsys.readouterr().err
 
@@ -252,11 +268,12 @@ def test_direction_status_needs_the_mean_and_every_seed():
 
 
 def test_ratio_status_relative_tolerance():
-    assert ratio_status(0.4683, 0.497) == "reproduced"  # 0.942: within 15%
-    assert ratio_status(0.8469, 0.767) == "reproduced"  # 1.104
-    assert ratio_status(0.2507, 0.767) == "not reproduced"
-    assert ratio_status(0.90, 0.767) == "not reproduced"  # 1.173
-    assert ratio_status(math.nan, 0.767) == "not run"
+    tol = RATIO_TOLERANCE
+    assert ratio_status(0.4683, 0.497, tol) == "reproduced"  # 0.942: within 15%
+    assert ratio_status(0.8469, 0.767, tol) == "reproduced"  # 1.104
+    assert ratio_status(0.2507, 0.767, tol) == "not reproduced"
+    assert ratio_status(0.90, 0.767, tol) == "not reproduced"  # 1.173
+    assert ratio_status(math.nan, 0.767, tol) == "not run"
 
 
 def test_compression_shape_stable_then_sharp_drop():
@@ -282,10 +299,36 @@ def test_best_at():
 
 def test_pooled_interval_of_the_mean():
     p = pooled([1.0, 3.0], [0.0, 2.0], [2.0, 4.0])
-    # half-widths 1 and 1 -> sqrt(2) / 2
+    # half-widths 1 and 1 -> sqrt(2) / 2; one seed has no spread (not a "± 0")
+    assert math.isnan(pooled([1.0], [0.0], [2.0])["std"])
     assert p["mean"] == 2.0 and p["std"] == pytest.approx(math.sqrt(2))
     assert p["low"] == pytest.approx(2.0 - math.sqrt(2) / 2)
     assert p["high"] == pytest.approx(2.0 + math.sqrt(2) / 2)
+
+
+def _claim_statuses(diffs, online=None):
+    def diff(a, b):
+        v = diffs.get((a, b))
+        return None if v is None else {"per_seed": v, "mean": float(np.mean(v)),
+                                       "low": min(v), "high": max(v)}  # fmt: skip
+
+    table2 = {"fm": {"auc": (0.70, math.nan), "seeds": [0]},
+              "afn": {"auc": (0.72, math.nan), "seeds": [0]}}  # fmt: skip
+    return {c["id"]: c["status"] for c in paper_claims(diff, table2, {}, online, None)}
+
+
+def test_paper_claims_follow_the_direction_of_the_numbers():
+    st_te, ab = (("drl", "student"), ("drl", "teacher")), (("no_kl", "student"), ("drl", "student"))
+    pw = (("drl", "student"), ("afn", "score"))
+    up = _claim_statuses({st_te: [0.01, 0.02], ab: [-0.01, -0.02], pw: [0.03, 0.01]})
+    assert up["student>teacher"] == up["ablation:no_kl"] == up["student>pointwise"] == "reproduced"
+    down = _claim_statuses({st_te: [-0.01, -0.02], ab: [0.01, 0.02], pw: [-0.03, -0.01]})
+    assert down["student>teacher"] == down["ablation:no_kl"] == "not reproduced"
+    assert down["student>pointwise"] == "not reproduced" and down["ablation:no_gru"] == "not run"
+    better = {"student_vs_teacher": {"mean": 2.0, "low": 0.5, "high": 3.5}}
+    worse = {"student_vs_teacher": {"mean": -2.0, "low": -3.5, "high": -0.5}}
+    assert _claim_statuses({}, better)["online_acn"] == "reproduced"
+    assert _claim_statuses({}, worse)["online_acn"] == "not reproduced"
 
 
 def test_same_config_accepts_a_field_added_later_at_its_default():

@@ -117,8 +117,8 @@ def test_resume_skips_finished_models(tiny_run):
     assert not _summary(tiny_run)["resumed_models"]
     t0 = time.perf_counter()
     argv = ["report", "--preset", "tiny", "--seeds", "0", "--out", str(tiny_run["out"]),
-            "--runs", str(tiny_run["runs"]), "--data", str(tiny_run["data"]),
-            "--no-progress"]  # fmt: skip
+            "--runs", str(tiny_run["runs"]), "--datasets", str(tiny_run["data"]),
+            "--resume", "--no-progress"]  # fmt: skip
     for k, v in BUDGET.items():
         argv += ["--budget", f"{k}={v}"]
     assert main(argv) == 0

@@ -49,13 +49,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +71,22 @@ from training.data.pipeline import Dataset, code_version
 from training.eval.metrics import auc, bootstrap_ci, gauc, ncis
 from training.eval.online import OnlineResult, OraclePolicy, RandomPolicy, run_online
 from training.eval.policies import OnlineFeatures, PointwisePolicy, RequestInputs
+from training.harness.config import apply_overrides, pick
+from training.harness.data import (
+    SIM_SOURCE,
+    dataset_dir,
+    ensure_dataset,
+    online_population,
+    read_share,
+    sample_fraction,
+    split_days,
+    split_impressions,
+    world_fingerprint,
+)
+from training.harness.runfolder import jsonable, read_json, write_json
 from training.sim.config import ConfigError, WorldConfig, preset
 from training.sim.env import Env, Observation
 from training.sim.logging_policy import LoggingPolicy
-from training.sim.rng import uniform
 from training.sim.world import build_world
 
 __all__ = [
@@ -195,6 +204,9 @@ class EvalConfig:
     """NCIS cap: the largest valid-ratio quantile (:data:`CAP_QUANTILES`) whose capped weights
     keep ``ESS >= cap_min_ess_share * n`` on valid."""
     n_boot: int = 200
+    expected_findings: tuple[str, ...] = ("ncis:fm@T", "ncis:deepfm@T")
+    """Sanity checks whose failure is a known finding (the command does not fail on them): the
+    NCIS bias of the stochastic point-wise policies is the estimator's measured bias."""
     threads: int = 1
     """torch threads (not part of the fingerprint)."""
 
@@ -229,37 +241,16 @@ class EvalConfig:
         return d
 
     def fingerprint(self) -> dict[str, Any]:
-        """What the results depend on (everything but ``threads``)."""
+        """What the results depend on (everything but ``threads`` and the report's verdicts)."""
         d = self.to_dict()
         d.pop("threads")
+        d.pop("expected_findings")
         return d
 
     def with_overrides(self, overrides: Mapping[str, str]) -> EvalConfig:
-        """A copy with ``key=value`` strings applied (lists comma-separated)."""
-        known = {f.name: f for f in fields(self)}
-        out: dict[str, Any] = {}
-        for key, raw in overrides.items():
-            if key not in known or key == "world_overrides":
-                raise ConfigError(f"eval config: unknown key {key!r} (known: {sorted(known)})")
-            cur = getattr(self, key)
-            try:
-                if isinstance(cur, tuple):
-                    items = [s.strip() for s in str(raw).split(",") if s.strip()]
-                    conv = float if key == "temperatures" else str
-                    out[key] = tuple(conv(s) for s in items)
-                elif isinstance(cur, bool):
-                    out[key] = str(raw).lower() in ("1", "true", "yes", "on")
-                elif isinstance(cur, int):
-                    out[key] = int(raw)
-                elif isinstance(cur, float):
-                    out[key] = float(raw)
-                else:
-                    out[key] = str(raw)
-            except ValueError:
-                raise ConfigError(
-                    f"eval config {key}={raw!r}: expected {type(cur).__name__}"
-                ) from None
-        return dataclasses.replace(self, **out)
+        """A copy with ``key=value`` strings applied (lists comma-separated), through
+        :func:`training.harness.config.apply_overrides`."""
+        return apply_overrides(self, overrides, "eval config", fixed=("world_overrides",))
 
 
 EVAL_PRESETS: dict[str, EvalConfig] = {
@@ -282,16 +273,13 @@ EVAL_PRESETS: dict[str, EvalConfig] = {
     # The benchmark world, budgets sized to about 16 minutes per seed on 2 shared CPU cores
     # (generation about 2-5 minutes, training 6, online 6; measured on seed 0).
     "default": EvalConfig(world_preset="default"),
+    # The large world (27,285 users, 28 days) with the default budgets.
+    "large": EvalConfig(world_preset="large"),
 }
 
 
 def eval_preset(name: str) -> EvalConfig:
-    try:
-        return EVAL_PRESETS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown report preset {name!r} (known: {sorted(EVAL_PRESETS)})"
-        ) from None
+    return pick(EVAL_PRESETS, name, "report preset")
 
 
 def world_config(cfg: EvalConfig, seed: int) -> WorldConfig:
@@ -368,28 +356,6 @@ def bc_rows(
 # --------------------------------------------------------------------------------------------
 
 
-def _split_impressions(ds: Dataset, split: str) -> int:
-    files = set(ds.meta["split"][split])
-    return int(sum(s["impressions"] for s in ds.meta["shards"] if s["file"] in files))
-
-
-def split_days(ds: Dataset, split: str) -> list[int]:
-    files = set(ds.meta["split"][split])
-    return sorted({int(s["day"]) for s in ds.meta["shards"] if s["file"] in files})
-
-
-def _fraction(budget: int, total: int) -> float:
-    return 1.0 if budget <= 0 or total <= 0 else min(1.0, budget / total)
-
-
-def _read_sample(path: Path, key: str, fraction: float, seed: int, stream: int) -> pa.Table:
-    t = pq.read_table(path)
-    if fraction >= 1.0:
-        return t
-    keep = uniform(seed, stream, t.column(key).to_numpy()) < fraction
-    return t.filter(pa.array(keep))
-
-
 @dataclass
 class Sample:
     """Impression arrays of a split sample (and BC rows when asked for)."""
@@ -426,11 +392,11 @@ def read_sample(
     ``budget / impressions of the split`` (all for ``budget = 0``), drawn by hashing the key
     with ``seed``, so it is the same on every run.
     """
-    frac = _fraction(budget, _split_impressions(ds, split))
+    frac = sample_fraction(budget, split_impressions(ds, split))
     rng = np.random.default_rng([seed, _SPLIT_STREAM[split]])
     xs, fbs, us, bx, by, bw = [], [], [], [], [], []
     for path in ds.paths(split):
-        t = _read_sample(path, key, frac, seed, _SPLIT_STREAM[split])
+        t = read_share(path, key, frac, seed, _SPLIT_STREAM[split])
         if t.num_rows == 0:
             continue
         req = build_requests(t, side, list_size)
@@ -457,8 +423,8 @@ def read_requests(
 ) -> Requests:  # fmt: skip
     """Whole logged requests (all candidates) of a random share of ``split``'s users."""
     k = list_size or int(ds.meta.get("list_size", 10))
-    frac = _fraction(n_requests * k, _split_impressions(ds, split))
-    tables = [_read_sample(p, "user_id", frac, seed, stream) for p in ds.paths(split)]
+    frac = sample_fraction(n_requests * k, split_impressions(ds, split))
+    tables = [read_share(p, "user_id", frac, seed, stream) for p in ds.paths(split)]
     return build_requests(pa.concat_tables(tables), side, list_size)
 
 
@@ -725,102 +691,16 @@ def compare(est: Mapping[str, float], online: Mapping[str, float]) -> dict[str, 
 # --------------------------------------------------------------------------------------------
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def _same_world(meta: Mapping[str, Any], cfg: WorldConfig) -> bool:
-    want = json.loads(json.dumps(cfg.to_dict()))
-    return meta.get("world") == want and meta.get("source") == "simulator"
-
-
-def dataset_dir(data_root: Path, cfg: EvalConfig, seed: int) -> Path:
-    """``data/sim-<preset>[-<hash of overrides>]-s<seed>``."""
-    tag = cfg.world_preset
-    if cfg.world_overrides:
-        h = hashlib.sha1(json.dumps(sorted(cfg.world_overrides)).encode()).hexdigest()[:8]
-        tag = f"{tag}-{h}"
-    return Path(data_root) / f"sim-{tag}-s{seed}"
-
-
-def _sim_source_sha1() -> str:
-    """sha1 of the simulator's source files (``training/sim/*.py``), as loaded by this process.
-
-    ``code_version`` says ``-dirty`` for any uncommitted edit; this tells two versions of the
-    world's code apart, so a dataset or a run folder made by other simulator code is noticed.
-    """
-    h = hashlib.sha1()
-    for f in sorted((Path(__file__).resolve().parents[1] / "sim").glob("*.py")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:12]
-
-
-#: The simulator source this process imported (computed once, at import).
-SIM_SOURCE = _sim_source_sha1()
-SIM_SOURCE_FILE = "sim_source.json"
-
-
-def ensure_dataset(
-    path: Path, wcfg: WorldConfig, preset_name: str, progress: bool, log: Callable[[str], None]
-) -> tuple[Dataset, dict[str, Any]]:
-    """Open the dataset at ``path`` if it is the world ``wcfg``; else generate it.
-
-    A dataset this harness generated carries ``sim_source.json`` (the simulator source hash);
-    one generated by other simulator code is regenerated. A dataset without that file (e.g.
-    from ``ranker simulate``) is reused when its world config matches; its source is
-    reported as unknown.
-    """
-    from training.sim.generate import generate_dataset
-
-    side = path / SIM_SOURCE_FILE
-    if (path / "dataset.json").exists():
-        ds = Dataset.open(path)
-        if not _same_world(ds.meta, wcfg):
-            raise ConfigError(
-                f"{path} holds a dataset of another world config; move it or choose --data"
-            )
-        src = _read_json(side)["sim_source"] if side.exists() else None
-        if src is None or src == SIM_SOURCE:
-            log(f"reuse dataset {path} (simulator source {src or 'unknown'})")
-            return ds, {"generated": False, "seconds": ds.meta.get("seconds"), "sim_source": src}
-        log(f"dataset {path} was made by simulator source {src}, not {SIM_SOURCE}: regenerate")
-    log(f"generate dataset {path}")
-    t0 = time.perf_counter()
-    generate_dataset(wcfg, path, progress=progress, preset_name=preset_name, overwrite=True)
-    _write_json(side, {"sim_source": SIM_SOURCE, "code_version": code_version()})
-    return Dataset.open(path), {
-        "generated": True,
-        "seconds": time.perf_counter() - t0,
-        "sim_source": SIM_SOURCE,
-    }
-
-
 def check_run_dir(run_dir: Path, cfg: EvalConfig, wcfg: WorldConfig) -> None:
     """Create the run folder, or check that it belongs to the same configuration (evaluation
     config, world config and simulator source)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.json"
-    want = json.loads(
-        json.dumps({"eval": cfg.fingerprint(), "world": wcfg.to_dict(), "sim_source": SIM_SOURCE})
+    want = jsonable(
+        {"eval": cfg.fingerprint(), "world": world_fingerprint(wcfg), "sim_source": SIM_SOURCE}
     )
     if path.exists():
-        have = _read_json(path)
+        have = read_json(path)
         have = {k: have.get(k) for k in want}
         if have != want:
             raise ConfigError(
@@ -828,7 +708,7 @@ def check_run_dir(run_dir: Path, cfg: EvalConfig, wcfg: WorldConfig) -> None:
                 "another --runs folder or remove it"
             )
     else:
-        _write_json(path, {**want, "code_version": code_version()})
+        write_json(path, {**want, "code_version": code_version()})
 
 
 # --------------------------------------------------------------------------------------------
@@ -917,7 +797,7 @@ def _train_one(ctx: _Ctx, name: str) -> dict[str, Any]:
     """Train (or load) one model; returns its metrics JSON."""
     json_path, pt_path = ctx.model_dir / f"{name}.json", ctx.model_dir / f"{name}.pt"
     if json_path.exists() and pt_path.exists():
-        info = _read_json(json_path)
+        info = read_json(json_path)
         info["resumed"] = True
         ctx.log(f"model {name}: found, skip training (auc {info['offline']['auc']:.4f})")
         return info
@@ -972,7 +852,7 @@ def _train_one(ctx: _Ctx, name: str) -> dict[str, Any]:
         "resumed": False,
     }
     torch.save(model.state_dict(), pt_path)
-    _write_json(json_path, info)
+    write_json(json_path, info)
     ctx._models[name] = model
     ctx.log(f"model {name}: auc {offline['auc']:.4f} gauc {offline['gauc']:.4f}")
     return info
@@ -987,7 +867,7 @@ def _temperatures(ctx: _Ctx) -> dict[str, Any]:
     path = ctx.run_dir / "ncis_temperature.json"
     if path.exists():
         ctx.log("NCIS temperatures: found")
-        return _read_json(path)
+        return read_json(path)
     t0 = time.perf_counter()
     req = read_requests(ctx.ds, "valid", ctx.side, ctx.cfg.ncis_requests, ctx.seed, _S_NCIS_VALID)
     out: dict[str, Any] = {}
@@ -999,7 +879,7 @@ def _temperatures(ctx: _Ctx) -> dict[str, Any]:
             f"(valid, {req.n_requests} requests)"
         )
     res = {"models": out, "seconds": time.perf_counter() - t0, "seed": ctx.seed}
-    _write_json(path, res)
+    write_json(path, res)
     return res
 
 
@@ -1028,18 +908,12 @@ def _online(ctx: _Ctx, temps: Mapping[str, Any]) -> tuple[OnlineResult, dict[str
     path = ctx.run_dir / "online.json"
     if path.exists():
         ctx.log("online: found")
-        d = _read_json(path)
+        d = read_json(path)
         return OnlineResult.from_dict(d["result"]), d["info"]
     cfg = ctx.cfg
     world = build_world(ctx.wcfg)
     days = split_days(ctx.ds, "test")
-    rng = np.random.default_rng([ctx.seed, 11])
-    n_users = world.n_users
-    users = (
-        np.sort(rng.choice(n_users, size=cfg.online_users, replace=False))
-        if 0 < cfg.online_users < n_users
-        else np.arange(n_users)
-    )
+    users = online_population(ctx.seed, world.n_users, cfg.online_users)
     t0 = time.perf_counter()
     agreement = _shortlist_agreement(ctx, world, days[0], users)
     policies: dict[str, Any] = {
@@ -1069,7 +943,7 @@ def _online(ctx: _Ctx, temps: Mapping[str, Any]) -> tuple[OnlineResult, dict[str
         "seconds": time.perf_counter() - t0,
         "arm_seconds": result.meta.get("seconds", {}),
     }
-    _write_json(path, {"result": result.to_dict(), "info": info})
+    write_json(path, {"result": result.to_dict(), "info": info})
     for arm, sec in info["arm_seconds"].items():
         ctx.log(f"online {arm}: {sec:.0f} s")
     return result, info
@@ -1079,7 +953,7 @@ def _ncis(ctx: _Ctx, temps: Mapping[str, Any], online: OnlineResult) -> dict[str
     path = ctx.run_dir / "ncis.json"
     if path.exists():
         ctx.log("NCIS: found")
-        return _read_json(path)
+        return read_json(path)
     cfg = ctx.cfg
     t0 = time.perf_counter()
     rng = np.random.default_rng([ctx.seed, 23])
@@ -1111,7 +985,7 @@ def _ncis(ctx: _Ctx, temps: Mapping[str, Any], online: OnlineResult) -> dict[str
             "requests": int(req.n_requests),
         }
     res = {"policies": out, "seconds": time.perf_counter() - t0, "seed": ctx.seed}
-    _write_json(path, res)
+    write_json(path, res)
     for k, v in out.items():
         c = v["compare"]
         ctx.log(f"NCIS {k}: {v['ncis']['value']:.4f} vs online {v['online']['value']:.4f} "
@@ -1142,7 +1016,8 @@ def run_seed(
         say(f"[seed {seed}] {msg}")
 
     t_all = time.perf_counter()
-    ds, gen = ensure_dataset(dataset_dir(Path(data_root), cfg, seed), wcfg, cfg.world_preset,
+    path = dataset_dir(Path(data_root), cfg.world_preset, cfg.world_overrides, seed)
+    ds, gen = ensure_dataset(path, wcfg, cfg.world_preset,
                              progress, logf)  # fmt: skip
     side = SideTables.from_tables(ds.users(), ds.items())
     ctx = _Ctx(cfg, seed, wcfg, ds, side, run_dir, progress, logf)
@@ -1152,9 +1027,9 @@ def run_seed(
     ncis_res = _ncis(ctx, temps, online)
     # Stage times persist across resumed runs: a stage keeps the time of the run that did it.
     tpath = run_dir / "timing.json"
-    stage_seconds = _read_json(tpath) if tpath.exists() else {}
+    stage_seconds = read_json(tpath) if tpath.exists() else {}
     stage_seconds.update(ctx.timing)
-    _write_json(tpath, stage_seconds)
+    write_json(tpath, stage_seconds)
     summary = {
         "version": ARTIFACT_VERSION,
         "seed": seed,
@@ -1167,7 +1042,7 @@ def run_seed(
             "counts": ds.meta.get("counts"),
             "code_version": ds.meta.get("code_version"),
             "split_days": {s: split_days(ds, s) for s in ("train", "valid", "test")},
-            "split_impressions": {s: _split_impressions(ds, s) for s in ("train", "valid", "test")},
+            "split_impressions": {s: split_impressions(ds, s) for s in ("train", "valid", "test")},
             "generated_now": gen["generated"],
             "sim_source": gen["sim_source"],
             "generate_seconds": gen["seconds"],
@@ -1189,6 +1064,6 @@ def run_seed(
         "timing": {"this_run": time.perf_counter() - t_all},
         "resumed_models": [n for n, m in models.items() if m.get("resumed")],
     }
-    _write_json(run_dir / "seed_summary.json", summary)
+    write_json(run_dir / "seed_summary.json", summary)
     logf(f"done in {summary['timing']['this_run']:.0f} s")
     return summary

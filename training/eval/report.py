@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -37,6 +35,22 @@ from training.eval.baselines_run import (
     run_seed,
 )
 from training.eval.metrics import rela_impr
+from training.harness.claims import SanityError, check, failed_checks
+from training.harness.data import world_fingerprint
+from training.harness.render import (
+    chance_line,
+    compact,
+    findings_section,
+    mmss,
+    num,
+    pct,
+    pm,
+    reference_line,
+    status,
+)
+from training.harness.runfolder import output_folder, write_text
+from training.harness.stats import mean_std, pooled, pooled_positive, pooled_relative
+from training.sim.config import ConfigError, preset
 
 __all__ = ["ONLINE_METRICS", "build_report", "run_report"]
 
@@ -57,64 +71,61 @@ def run_report(
     preset_name: str,
     seeds: Sequence[int],
     out: str | Path,
+    *,
     runs_dir: str | Path | None = None,
-    data_root: str | Path = "data",
+    data_root: str | Path | None = None,
     world_overrides: Mapping[str, str] | None = None,
     budget_overrides: Mapping[str, str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
     progress: bool = False,
     log: Callable[[str], None] | None = print,
+    command: str | None = None,
 ) -> Path:
-    """Run (or resume) every seed and write the report into ``out``; returns report.md's path."""
+    """Run (or resume) every seed and write the report into ``out``; returns report.md's path.
+
+    Runs go to ``runs_dir`` (default ``<out>/runs``), generated datasets to ``data_root``
+    (default ``<out>/datasets``). An existing ``out`` is refused unless ``resume`` or
+    ``overwrite``. Raises :class:`SanityError` after writing the report when a sanity check
+    fails that ``cfg.expected_findings`` does not declare.
+    """
     cfg = eval_preset(preset_name).with_overrides(dict(budget_overrides or {}))
     if world_overrides:
-        cfg = dataclasses.replace(cfg, world_overrides=tuple(sorted(world_overrides.items())))
+        pairs = tuple(sorted((str(k), str(v)) for k, v in world_overrides.items()))
+        preset(cfg.world_preset).with_overrides(dict(pairs))  # bad values fail now
+        cfg = dataclasses.replace(cfg, world_overrides=pairs)
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds={seeds}: need at least one, all distinct")
+        raise ConfigError(f"seeds={seeds}: need at least one, all distinct")
     out = Path(out)
-    runs = Path(runs_dir) if runs_dir else Path("runs") / f"{out.name}-{preset_name}"
+    runs = Path(runs_dir) if runs_dir else out / "runs"
+    data = Path(data_root) if data_root else out / "datasets"
     say = log or (lambda s: None)
 
     def stamped(msg: str) -> None:
         say(f"{time.strftime('%H:%M:%S')} {msg}")
 
-    t0 = time.perf_counter()
-    summaries = [
-        run_seed(cfg, s, runs / f"seed{s}", data_root, progress=progress, log=stamped)
-        for s in seeds
-    ]
-    wall = time.perf_counter() - t0
-    path = build_report(summaries, cfg, out, preset_name, wall_seconds=wall, runs_dir=runs)
+    def has_runs(_: Path) -> bool:
+        return any(runs.glob("seed*/config.json"))
+
+    with output_folder(out, resume=resume, overwrite=overwrite, resumable=has_runs,
+                       what="report folder"):  # fmt: skip
+        t0 = time.perf_counter()
+        summaries = [
+            run_seed(cfg, s, runs / f"seed{s}", data, progress=progress, log=stamped) for s in seeds
+        ]
+        wall = time.perf_counter() - t0
+        path, failed = build_report(summaries, cfg, out, preset_name, wall_seconds=wall,
+                                    runs_dir=runs, command=command)  # fmt: skip
     stamped(f"report: {path} ({wall:.0f} s)")
+    if failed:
+        raise SanityError(failed, str(path))
     return path
 
 
 # --------------------------------------------------------------------------------------------
 # aggregation
 # --------------------------------------------------------------------------------------------
-
-
-def _mean_std(v: Sequence[float]) -> tuple[float, float]:
-    a = np.asarray([x for x in v if x is not None], dtype=np.float64)
-    if a.size == 0 or np.isnan(a).all():
-        return math.nan, math.nan
-    a = a[~np.isnan(a)]
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
-
-
-def _pooled(points: Sequence[float], lows: Sequence[float], highs: Sequence[float]) -> dict:
-    """Mean over seeds with the interval of the mean from per-seed half-widths."""
-    p = np.asarray(points, dtype=np.float64)
-    h = (np.asarray(highs, dtype=np.float64) - np.asarray(lows, dtype=np.float64)) / 2.0
-    m = float(p.mean())
-    half = float(np.sqrt(np.sum(h**2)) / p.size)
-    return {
-        "mean": m,
-        "std": float(p.std(ddof=1)) if p.size > 1 else 0.0,
-        "low": m - half,
-        "high": m + half,
-        "per_seed": p.tolist(),
-    }
 
 
 def aggregate(summaries: Sequence[Mapping[str, Any]], cfg: EvalConfig) -> dict[str, Any]:
@@ -127,9 +138,9 @@ def aggregate(summaries: Sequence[Mapping[str, Any]], cfg: EvalConfig) -> dict[s
         per = [s["models"][m]["offline"] for s in summaries]
         auc_fm = [s["models"]["fm"]["offline"]["auc"] for s in summaries]
         ri = [rela_impr(p["auc"], b) for p, b in zip(per, auc_fm, strict=True)]
-        row = {"relaimpr": _mean_std(ri), "relaimpr_per_seed": ri}
+        row = {"relaimpr": mean_std(ri), "relaimpr_per_seed": ri}
         for key in ("auc", "gauc", "auc_like", "auc_long_view"):
-            row[key] = _mean_std([p[key] for p in per])
+            row[key] = mean_std([p[key] for p in per])
             row[f"{key}_per_seed"] = [p[key] for p in per]
         row["epochs"] = [s["models"][m]["epochs"] for s in summaries]
         row["n_params"] = summaries[0]["models"][m]["n_params"]
@@ -151,14 +162,14 @@ def aggregate(summaries: Sequence[Mapping[str, Any]], cfg: EvalConfig) -> dict[s
                 for s in summaries
             ]
             online[a][metric] = {
-                "value": _pooled([r["mean"] for r in rows], [r["low"] for r in rows],
+                "value": pooled_positive([r["mean"] for r in rows], [r["low"] for r in rows],
                                  [r["high"] for r in rows]),
-                "rel": _pooled([r["rel_pct"] for r in rows], [r["rel_low"] for r in rows],
+                "rel": pooled_relative([r["rel_pct"] for r in rows], [r["rel_low"] for r in rows],
                                [r["rel_high"] for r in rows]),
             }  # fmt: skip
         cpr = [s["online"]["clicks_per_request"][a] for s in summaries]
         online[a]["clicks_per_request"] = {
-            "value": _pooled([c["value"] for c in cpr], [c["low"] for c in cpr],
+            "value": pooled([c["value"] for c in cpr], [c["low"] for c in cpr],
                              [c["high"] for c in cpr])
         }  # fmt: skip
     # ---- sanity: oracle > best baseline > random ----
@@ -175,21 +186,21 @@ def aggregate(summaries: Sequence[Mapping[str, Any]], cfg: EvalConfig) -> dict[s
     for pol in sorted(summaries[0]["ncis"]["policies"], key=lambda p: (p != "logging", p)):
         per = [s["ncis"]["policies"][pol] for s in summaries]
         cmp_ = [p["compare"] for p in per]
-        bias = _pooled([c["bias"] for c in cmp_], [c["low"] for c in cmp_],
+        bias = pooled([c["bias"] for c in cmp_], [c["low"] for c in cmp_],
                        [c["high"] for c in cmp_])  # fmt: skip
         ncis[pol] = {
-            "ncis": _pooled(
+            "ncis": pooled(
                 [p["ncis"]["value"] for p in per],
                 [p["ncis"]["low"] for p in per],
                 [p["ncis"]["high"] for p in per],
             ),
-            "online": _pooled(
+            "online": pooled(
                 [p["online"]["value"] for p in per],
                 [p["online"]["low"] for p in per],
                 [p["online"]["high"] for p in per],
             ),
             "bias": bias,
-            "rel_bias_pct": _mean_std([c["rel_bias_pct"] for c in cmp_]),
+            "rel_bias_pct": mean_std([c["rel_bias_pct"] for c in cmp_]),
             "agrees_per_seed": [c["agrees"] for c in cmp_],
             "agrees": bool(bias["low"] <= 0.0 <= bias["high"]),
             "ess": [p["ncis"]["ess"] for p in per],
@@ -260,43 +271,8 @@ def _seed_timing(s: Mapping[str, Any]) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 
 
-def _f(x: float | None, d: int = 4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:.{d}f}"
-
-
-def _g(x: float | None, d: int = 3) -> str:
-    """Compact number: significant digits for small values."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if x == 0:
-        return "0"
-    a = abs(x)
-    if a >= 100:
-        return f"{x:.1f}"
-    if a >= 1:
-        return f"{x:.{d - 1}f}"
-    return f"{x:.{d}g}"
-
-
-def _pct(x: float | None, d: int = 1) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:+.{d}f}%"
-
-
-def _pm(ms: tuple[float, float], d: int = 4) -> str:
-    return f"{_f(ms[0], d)} ± {_f(ms[1], d)}"
-
-
-def _mmss(sec: float) -> str:
-    s = int(round(float(sec)))
-    return f"{s // 60}:{s % 60:02d}" if s >= 60 else f"{s} s"
-
-
 def _verdict(ok: bool) -> str:
-    return "**PASS**" if ok else "**FAIL**"
+    return status("PASS" if ok else "FAIL")
 
 
 def build_report(
@@ -306,8 +282,10 @@ def build_report(
     preset_name: str,
     wall_seconds: float | None = None,
     runs_dir: str | Path | None = None,
-) -> Path:
-    """Write ``report.md``, PNG plots and ``summary.json`` into ``out``."""
+    command: str | None = None,
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Write ``report.md``, PNG plots and ``summary.json`` into ``out``; returns the report's
+    path and the failed sanity checks that ``cfg.expected_findings`` does not declare."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     agg = aggregate(summaries, cfg)
@@ -316,11 +294,16 @@ def build_report(
     versions = sorted({s["code_version"] for s in summaries})
     lines: list[str] = []
     w = lines.append
+    checks = sanity_checks(agg)
+    failed = failed_checks(checks, cfg.expected_findings)
     w(f"# Baselines report: `{preset_name}` world, seeds {', '.join(map(str, agg['seeds']))}")
     w("")
-    w(f"- Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by "
-      f"`ranker report --preset {preset_name} --seeds {' '.join(map(str, agg['seeds']))} "
-      f"--out {out}`")  # fmt: skip
+    findings_section(w, findings(agg, checks, cfg))
+    w("## Setup")
+    w("")
+    cmd = command or (f"ranker report --preset {preset_name} --seeds "
+                      f"{' '.join(map(str, agg['seeds']))} --out {out}")  # fmt: skip
+    w(f"- Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by `{cmd}`")
     w(f"- Code version: `{code_version()}` (runs: {', '.join(f'`{v}`' for v in versions)})")
     sims = [s.get("sim_source") for s in summaries]
     data_sims = [s["dataset"].get("sim_source") or "unknown" for s in summaries]
@@ -346,7 +329,7 @@ def build_report(
     w("")
     w("## Sanity checks")
     w("")
-    _sanity_section(w, agg, cfg)
+    _sanity_section(w, agg, cfg, checks)
     w("")
     w("## Offline (test split)")
     w("")
@@ -373,24 +356,19 @@ def build_report(
     _config_section(w, cfg, summaries)
     w("")
     path = out / "report.md"
-    _atomic_text(path, "\n".join(lines))
+    write_text(path, "\n".join(lines))
     small = {
         "preset": preset_name,
         "config": cfg.to_dict(),
-        "world": s0["world"],
+        "world": world_fingerprint(s0["world"]),
+        "sanity_checks": checks,
         "code_version": code_version(),
         "run_code_versions": versions,
         "wall_seconds": wall_seconds,
         **agg,
     }
-    _atomic_text(out / "summary.json", json.dumps(small, indent=1, sort_keys=True))
-    return path
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(out / "summary.json", json.dumps(small, indent=1, sort_keys=True))
+    return path, failed
 
 
 def _timing_section(w: Callable[[str], None], agg: Mapping[str, Any], wall: float | None) -> None:
@@ -402,27 +380,88 @@ def _timing_section(w: Callable[[str], None], agg: Mapping[str, Any], wall: floa
     w("| seed | " + " | ".join(stages) + " | total |")
     w("|---|" + "---:|" * (len(stages) + 1))
     for seed, t in zip(agg["seeds"], tm, strict=True):
-        w(f"| {seed} | " + " | ".join(_mmss(t[s]) for s in stages) + f" | {_mmss(t['total'])} |")
+        w(f"| {seed} | " + " | ".join(mmss(t[s]) for s in stages) + f" | {mmss(t['total'])} |")
     total = sum(t["total"] for t in tm)
-    w("| all | " + " | ".join(_mmss(sum(t[s] for t in tm)) for s in stages)
-      + f" | **{_mmss(total)}** |")  # fmt: skip
+    w("| all | " + " | ".join(mmss(sum(t[s] for t in tm)) for s in stages)
+      + f" | **{mmss(total)}** |")  # fmt: skip
     w("")
-    w(f"The stage times sum to **{_mmss(total)}**: the time to build this report from nothing "
+    w(f"The stage times sum to **{mmss(total)}**: the time to build this report from nothing "
       "(dataset generation included), each stage timed in the run that computed it.")  # fmt: skip
     if wall is not None:
-        w(f"Wall clock of the command that wrote this file: {_mmss(wall)} (stages found "
+        w(f"Wall clock of the command that wrote this file: {mmss(wall)} (stages found "
           "finished in the run folders are loaded, not recomputed).")  # fmt: skip
 
 
-def _sanity_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: EvalConfig) -> None:
+def sanity_checks(agg: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The report's sanity checks (ids ``ordering:acn``, ``ordering:cpr``, ``ncis:<policy>``)
+    from the aggregated numbers."""
+    out = [
+        check(
+            f"ordering:{k}",
+            f"{o['oracle_arm']} > best baseline > random on {o['metric']}",
+            o["pass"],
+            f"{o['best_baseline']} best",
+        )
+        for k, o in agg["ordering"].items()
+    ]
+    for pol, n in agg["ncis"].items():
+        out.append(
+            check(
+                f"ncis:{pol}",
+                f"NCIS({pol}) equals the online value within its interval",
+                n["agrees"],
+                f"bias {num(n['bias']['mean'])}",
+            )
+        )
+    return out  # fmt: skip
+
+
+def findings(
+    agg: Mapping[str, Any], checks: Sequence[Mapping[str, Any]], cfg: EvalConfig
+) -> list[str]:
+    """The summary at the top of the report, computed from the numbers."""
+    out: list[str] = []
+    off = agg["offline"]
+    best = max(off, key=lambda m: off[m]["auc"][0])
+    out.append(f"Offline, the best click AUC is {best}'s ({pm(off[best]['auc'])}); FM's is "
+               f"{pm(off['fm']['auc'])}.")  # fmt: skip
+    on = agg["online"]
+    trained = [a for a in agg["arms"] if a in cfg.models or a.endswith("@T")]
+    rel = {a: on[a]["clicks_per_user"]["rel"] for a in trained}
+    below = [a for a in trained if rel[a]["high"] < 0]
+    above = [a for a in trained if rel[a]["low"] > 0]
+    if trained and len(below) == len(trained):
+        out.append("Online, every trained ranker is below the logging policy on clicks per user "
+                   f"(best {max(trained, key=lambda a: rel[a]['mean'])}: "
+                   f"{pct(max(rel[a]['mean'] for a in trained), 1)}).")  # fmt: skip
+    elif trained:
+        out.append(f"Online vs the logging policy on clicks per user: {len(above)} of "
+                   f"{len(trained)} trained rankers above ({', '.join(above) or 'none'}), "
+                   f"{len(below)} below, the rest not separable.")  # fmt: skip
+    for c in checks:
+        if c["ok"] is False:
+            exp = " (declared an expected finding)" if c["id"] in cfg.expected_findings else ""
+            out.append(f"Sanity check `{c['id']}` fails{exp}: {c['check']} ({c['detail']}).")
+    return out
+
+
+def _sanity_section(
+    w: Callable[[str], None], agg: Mapping[str, Any], cfg: EvalConfig,
+    checks: Sequence[Mapping[str, Any]],
+) -> None:  # fmt: skip
+    w(
+        "A failed check makes `ranker report` exit non-zero unless it is declared an expected "
+        f"finding (`--budget expected_findings=...`; now: {', '.join(cfg.expected_findings)})."
+    )
+    w("")
     w("| check | measured | verdict |")
     w("|---|---|---|")
     titles = {"acn": "online ACN (clicks/user)", "cpr": "online clicks/request"}
     for key, o in agg["ordering"].items():
         w(
             f"| {titles[key]}: {o['oracle_arm']} > best baseline > random "
-            f"| {o['oracle_arm']} {_g(o['oracle']['mean'])} > {o['best_baseline']} "
-            f"{_g(o['best']['mean'])} > random {_g(o['random']['mean'])}; per seed "
+            f"| {o['oracle_arm']} {compact(o['oracle']['mean'])} > {o['best_baseline']} "
+            f"{compact(o['best']['mean'])} > random {compact(o['random']['mean'])}; per seed "
             f"{sum(o['per_seed_ok'])}/{len(o['per_seed_ok'])} | {_verdict(o['pass'])} |"
         )
     for pol, n in agg["ncis"].items():
@@ -433,9 +472,9 @@ def _sanity_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: EvalC
             else f"NCIS({pol}) = online {pol} clicks/request (estimator bias)"
         )
         w(
-            f"| {what} | NCIS {_f(n['ncis']['mean'])} vs online {_f(n['online']['mean'])}: "
-            f"bias {_f(bias['mean'], 4)} [{_f(bias['low'], 4)}, {_f(bias['high'], 4)}] "
-            f"({_pct(n['rel_bias_pct'][0])}); per seed {sum(n['agrees_per_seed'])}/"
+            f"| {what} | NCIS {num(n['ncis']['mean'])} vs online {num(n['online']['mean'])}: "
+            f"bias {num(bias['mean'], 4)} [{num(bias['low'], 4)}, {num(bias['high'], 4)}] "
+            f"({pct(n['rel_bias_pct'][0])}); per seed {sum(n['agrees_per_seed'])}/"
             f"{len(n['agrees_per_seed'])} within interval | {_verdict(n['agrees'])} |"
         )
     w("")
@@ -467,8 +506,8 @@ def _offline_section(
     w("|---|---:|---:|---:|---:|---:|---:|---:|")
     for m in cfg.models:
         r = off[m]
-        w(f"| {m} | {_pm(r['auc'])} | {_pct(r['relaimpr'][0], 2)} ± {_f(r['relaimpr'][1], 2)} "
-          f"| {_pm(r['gauc'])} | {_pm(r['auc_like'], 3)} | {_pm(r['auc_long_view'], 3)} "
+        w(f"| {m} | {pm(r['auc'])} | {pct(r['relaimpr'][0], 2)} ± {num(r['relaimpr'][1], 2)} "
+          f"| {pm(r['gauc'])} | {pm(r['auc_like'], 3)} | {pm(r['auc_long_view'], 3)} "
           f"| {','.join(map(str, r['epochs']))} | {r['n_params']:,} |")  # fmt: skip
     w("")
     ws = ", ".join(f"{k} {v:+g}" for k, v in MMRF_WEIGHTS.items())
@@ -519,7 +558,7 @@ def _online_section(
         cells = []
         for m in ONLINE_METRICS:
             v = agg["online"][a][m]["value"]
-            cells.append(f"{_g(v['mean'])} [{_g(v['low'])}, {_g(v['high'])}]")
+            cells.append(f"{compact(v['mean'])} [{compact(v['low'])}, {compact(v['high'])}]")
         w(f"| {a} | " + " | ".join(cells) + " |")
     w("")
     w(
@@ -533,7 +572,7 @@ def _online_section(
         cells = []
         for m in ONLINE_METRICS:
             r = agg["online"][a][m]["rel"]
-            cells.append(f"{_pct(r['mean'])} [{_pct(r['low'])}, {_pct(r['high'])}]")
+            cells.append(f"{pct(r['mean'])} [{pct(r['low'])}, {pct(r['high'])}]")
         w(f"| {a} | " + " | ".join(cells) + " |")
 
 
@@ -561,10 +600,10 @@ def _ncis_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: EvalCon
         clip = ", ".join(f"{100 * c:.1f}%" for c in n["clipped_fraction"])
         caps = ",".join(f"{q:g}" for q in n["cap_quantile"] if q is not None) or "-"
         w(f"| {pol} | {','.join(f'{t:g}' for t in temps) or '-'} | {caps} "
-          f"| {_f(e['mean'])} [{_f(e['low'])}, {_f(e['high'])}] "
-          f"| {_f(o['mean'])} [{_f(o['low'])}, {_f(o['high'])}] "
-          f"| {_f(b['mean'])} [{_f(b['low'])}, {_f(b['high'])}] "
-          f"| {_pct(n['rel_bias_pct'][0])} | {ess} | {clip} "
+          f"| {num(e['mean'])} [{num(e['low'])}, {num(e['high'])}] "
+          f"| {num(o['mean'])} [{num(o['low'])}, {num(o['high'])}] "
+          f"| {num(b['mean'])} [{num(b['low'])}, {num(b['high'])}] "
+          f"| {pct(n['rel_bias_pct'][0])} | {ess} | {clip} "
           f"| {sum(n['agrees_per_seed'])}/{len(n['agrees_per_seed'])} seeds |")  # fmt: skip
     lg = agg["ncis"].get("logging")
     if lg:
@@ -618,8 +657,10 @@ def _plots(agg: Mapping[str, Any], cfg: EvalConfig, out: Path) -> dict[str, str]
     err = np.array([[x["mean"] - x["low"], x["high"] - x["mean"]] for x in v]).T
     ax.barh(y, means, xerr=err, color=[colour(a) for a in arms], capsize=3)
     ax.set_yticks(y, arms)
+    err = np.nan_to_num(err)  # one user: no interval
     ax.axvline(agg["online"]["logging"]["clicks_per_user"]["value"]["mean"], ls="--",
-               color="#1f77b4", lw=1)  # fmt: skip
+               color="#1f77b4", lw=1, label="logging policy")  # fmt: skip
+    ax.legend(fontsize=8, loc="lower right")
     for yi, m, top in zip(y, means, means + err[1], strict=True):
         ax.text(top, yi, f"  {m:.2f}", va="center", fontsize=8)
     ax.set_xlabel("clicks per user (ACN), mean over seeds, 95% interval")
@@ -633,7 +674,7 @@ def _plots(agg: Mapping[str, Any], cfg: EvalConfig, out: Path) -> dict[str, str]
     fig, ax = plt.subplots(figsize=(8, 3.8))
     models = list(cfg.models)
     m_auc = np.array([agg["offline"][m]["auc"][0] for m in models])
-    s_auc = np.array([agg["offline"][m]["auc"][1] for m in models])
+    s_auc = np.nan_to_num(np.array([agg["offline"][m]["auc"][1] for m in models]))  # 1 seed
     x = np.arange(len(models))
     ax.bar(x, m_auc, yerr=s_auc, capsize=3,
            color=["#9467bd" if m == "bc" else "#d62728" for m in models])  # fmt: skip
@@ -642,6 +683,11 @@ def _plots(agg: Mapping[str, Any], cfg: EvalConfig, out: Path) -> dict[str, str]
     lo = max(0.5, float(np.nanmin(m_auc - s_auc)) - 0.01)
     hi = float(np.nanmax(m_auc + s_auc)) + 0.012
     ax.set_ylim(lo, hi)
+    if lo <= 0.5:
+        chance_line(ax)
+    else:
+        ax.plot([], [], " ", label=f"chance (AUC 0.5) is below the axis (from {lo:.2f})")
+    ax.legend(fontsize=8)
     ax.set_xticks(x, models, rotation=30, ha="right")
     ax.set_ylabel("test click AUC (mean ± std over seeds)")
     ax.set_title("Offline click AUC per model")
@@ -659,8 +705,9 @@ def _plots(agg: Mapping[str, Any], cfg: EvalConfig, out: Path) -> dict[str, str]
         r = [agg["online"][a][m]["rel"] for a in others]
         mean = np.array([q["mean"] for q in r])
         e = np.array([[q["mean"] - q["low"], q["high"] - q["mean"]] for q in r]).T
-        ax.bar(xx + (i - 1) * width, mean, width, yerr=e, capsize=2, label=ONLINE_METRICS[m])
-    ax.axhline(0, color="black", lw=0.8)
+        ax.bar(xx + (i - 1) * width, mean, width, yerr=np.nan_to_num(e), capsize=2,
+               label=ONLINE_METRICS[m])  # fmt: skip
+    reference_line(ax, 0.0, "logging policy (no change)", color="black", style="-")
     ax.set_xticks(xx, others, rotation=30, ha="right")
     ax.set_ylabel("% change vs logging (95% interval)")
     ax.set_title("Online: relative change vs the logging policy")

@@ -96,11 +96,15 @@ def output_folder(
     resume: bool = False,
     overwrite: bool = False,
     keep: Sequence[str] = (),
+    resumable: Callable[[Path], bool] | None = None,
     what: str = "output folder",
 ) -> Iterator[Path]:
     """Claim ``path`` for a command's output (see the module docstring).
 
     ``keep``: names inside the folder that ``overwrite`` leaves in place (hand-written files).
+    ``resumable(path)``: whether a failed command left work that ``--resume`` continues (a
+    checkpoint, finished runs); such a folder is kept on failure, any other it created is
+    removed.
     Raises :class:`FileExistsError` (the CLI's one-line error) for an existing folder without
     ``resume`` or ``overwrite``; both at once are refused too.
     """
@@ -127,6 +131,7 @@ def output_folder(
     try:
         yield path
     except BaseException:
-        if created or not any(path.iterdir()):
+        keep_work = resumable is not None and path.exists() and resumable(path)
+        if (created and not keep_work) or (path.exists() and not any(path.iterdir())):
             shutil.rmtree(path, ignore_errors=True)
         raise

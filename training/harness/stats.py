@@ -55,24 +55,40 @@ def pooled(points: Sequence[float], lows: Sequence[float], highs: Sequence[float
     return {"mean": m, "std": sd, "low": m - half, "high": m + half, "per_seed": p.tolist()}
 
 
-def pooled_relative(pcts: Sequence[float], lows: Sequence[float], highs: Sequence[float]) -> dict:
-    """:func:`pooled` of relative changes in %, on the log scale of the ratio.
+def pooled_positive(points: Sequence[float], lows: Sequence[float], highs: Sequence[float]) -> dict:
+    """:func:`pooled` of positive quantities (a count's mean, a ratio) on the log scale.
 
-    Per seed ``l_s = log(1 + pct_s / 100)`` with half-width ``(log(1 + high_s/100) -
-    log(1 + low_s/100)) / 2``; the mean of ``l_s`` and its pooled half-width are mapped back
-    by ``100 * (exp(.) - 1)``, so the interval stays above -100%.
+    Per seed ``l_s = log(point_s)`` with half-width ``(log high_s - log low_s) / 2``; the mean
+    of ``l_s`` (a geometric mean over seeds) and its pooled half-width are mapped back by
+    ``exp``, so the interval stays above 0. A seed whose interval is undefined or touches 0
+    makes the pooled interval undefined (NaN).
     """
-    r = np.asarray(pcts, dtype=np.float64) / 100.0
-    lo = np.asarray(lows, dtype=np.float64) / 100.0
-    hi = np.asarray(highs, dtype=np.float64) / 100.0
+    p = np.asarray(points, dtype=np.float64)
+    lo = np.asarray(lows, dtype=np.float64)
+    hi = np.asarray(highs, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ls = np.log1p(r)
-        h = (np.log1p(hi) - np.log1p(lo)) / 2.0
+        ls = np.log(p)
+        h = (np.log(hi) - np.log(lo)) / 2.0
     m = float(ls.mean())
     half = float(np.sqrt(np.sum(h**2)) / ls.size)
-    _, sd = mean_std((100.0 * r).tolist())
-    return {"mean": 100.0 * math.expm1(m), "std": sd, "low": 100.0 * math.expm1(m - half),
-            "high": 100.0 * math.expm1(m + half), "per_seed": (100.0 * r).tolist()}  # fmt: skip
+    if not math.isfinite(half):
+        half = math.nan
+    _, sd = mean_std(p.tolist())
+    return {"mean": math.exp(m), "std": sd, "low": math.exp(m - half),
+            "high": math.exp(m + half), "per_seed": p.tolist()}  # fmt: skip
+
+
+def pooled_relative(pcts: Sequence[float], lows: Sequence[float], highs: Sequence[float]) -> dict:
+    """:func:`pooled_positive` of relative changes in %, on the ratio ``1 + pct / 100``: the
+    interval stays above -100%."""
+
+    def ratio(v: Sequence[float]) -> np.ndarray:
+        return 1.0 + np.asarray(v, dtype=np.float64) / 100.0
+
+    r = pooled_positive(ratio(pcts), ratio(lows), ratio(highs))
+    return {"mean": 100.0 * (r["mean"] - 1.0), "std": mean_std(list(pcts))[1],
+            "low": 100.0 * (r["low"] - 1.0), "high": 100.0 * (r["high"] - 1.0),
+            "per_seed": [float(x) for x in pcts]}  # fmt: skip
 
 
 def relative_change(a: np.ndarray, b: np.ndarray, z: float = Z95) -> tuple[float, float, float]:

@@ -1,0 +1,137 @@
+"""The CLI never destroys work: committed results, existing run folders, bad values (issue 13)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_TRAIN = ["--no-progress", "--threads", "1", "--set", "n_explore=20", "--set", "batch_size=32",
+              "--set", "max_instances=64", "--set", "d_r=8", "--set", "gru_hidden=16",
+              "--set", "mlp=16,8,8", "--set", "sessions_per_chunk=32"]  # fmt: skip
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+# ---- committed results are written only when asked by name ----
+
+
+def test_drl_report_without_out_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the old default (results/drl-tiny) was relative to the cwd
+    with pytest.raises(SystemExit) as e:
+        main(["drl-report", "--preset", "tiny", "--seeds", "0", "--only", "cost"])
+    assert e.value.code == 2 and "--out" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_drl_cost_benchmark_writes_only_when_asked(tmp_path):
+    committed = ROOT / "results" / "drl_cost.json"
+    before = committed.read_bytes()
+    cmd = [sys.executable, "benchmarks/drl_cost.py", "--requests", "2", "--candidates", "20"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert committed.read_bytes() == before
+    out = tmp_path / "cost.json"
+    out.write_text("{}")
+    res = subprocess.run([*cmd, "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert res.returncode == 2 and "--overwrite" in res.stderr and out.read_text() == "{}"
+
+
+def test_an_existing_report_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.md").write_text("committed")
+    for cmd in ("drl-report", "report"):
+        assert main([cmd, "--preset", "tiny", "--seeds", "0", "--out", str(out)]) == 2
+        assert "--resume" in capsys.readouterr().err
+    assert _digest(out) == {"report.md": hashlib.sha256(b"committed").hexdigest()}
+
+
+# ---- drl-train run folders ----
+
+
+def test_drl_train_refuses_an_existing_run_and_resume_keeps_a_finished_one(tiny_data, tmp_path,
+                                                                           capsys):  # fmt: skip
+    ds, _, _ = tiny_data
+    out = tmp_path / "run"
+    args = ["drl-train", "--data", str(ds.root), "--out", str(out), *TINY_TRAIN]
+    assert main(args) == 0
+    first = _digest(out)
+    assert json.loads((out / "train.json").read_text())["instances"] >= 64
+    assert main(args) == 2  # run twice into the same --out: refused, not overwritten
+    assert "--resume" in capsys.readouterr().err
+    assert _digest(out) == first
+    assert main([*args, "--resume"]) == 0  # finished: reported, nothing rewritten
+    assert "finished run" in capsys.readouterr().out
+    assert _digest(out) == first
+    other = [*args[:-2], "--set", "max_instances=96", "--resume"]
+    assert main(other) == 2 and "another config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "value", ["n_explore=-1", "discount=week", "compression=0", "batch_size=0", "gamma=2",
+              "use_kl=perhaps", "reward=clicks"],
+)  # fmt: skip
+def test_bad_drl_values_are_one_line_errors_before_any_work(tiny_data, tmp_path, capsys, value):
+    ds, _, _ = tiny_data
+    out = tmp_path / "run"
+    assert main(["drl-train", "--data", str(ds.root), "--out", str(out), "--set", value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and value.split("=")[0] in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_device_without_cuda_is_refused_before_any_work(tiny_data, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    ds, _, _ = tiny_data
+    out = tmp_path / "run"
+    assert main(["drl-train", "--data", str(ds.root), "--out", str(out), "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_failed_command_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["drl-train", "--data", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+# ---- world overrides: the same --set on every command that builds a world ----
+
+
+def test_drl_report_takes_world_overrides(capsys, tmp_path):
+    from training.drl.report.plan import report_preset, world_config
+
+    cfg = report_preset("tiny").with_world({"n_users": "200"})
+    assert world_config(cfg, 0, "base").n_users == 200
+    assert world_config(cfg, 0, "long_term_off").n_users == 200
+    out = tmp_path / "o"
+    assert main(["drl-report", "--preset", "tiny", "--out", str(out), "--set", "n_users=-5"]) == 2
+    assert "n_users" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_failed_sanity_check_exits_non_zero(monkeypatch, tmp_path, capsys):
+    import training.drl.report as rep
+    from training.harness.claims import SanityError, check
+
+    def fake(*a, **k):
+        raise SanityError([check("control", "negative control", False, "+3%")], "out/report.md")
+
+    monkeypatch.setattr(rep, "run_drl_report", fake)
+    assert main(["drl-report", "--out", str(tmp_path / "o")]) == 1
+    assert "control" in capsys.readouterr().err

@@ -1,0 +1,570 @@
+"""Running the plan: one seed's runs (DRL-Rec, HRL-Rec, point-wise), their test-sample evaluation,
+the online tests, the click ceiling, the slate truth and the serving cost; every stage resumable."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from contract.features import DEFAULT_SPEC
+from training.data.features import Requests, SideTables, build_requests
+from training.data.pipeline import Dataset, iter_session_batches
+from training.drl.report.aggregate import online_row
+from training.drl.report.plan import (
+    HORIZON_GAMMAS,
+    ReportConfig,
+    RunSpec,
+    selected,
+    variant_overrides,
+    world_config,
+)
+from training.drl.train import DRLConfig
+from training.eval.metrics import auc
+from training.harness.data import (
+    TEST_STREAM,
+    dataset_dir,
+    ensure_dataset,
+    online_population,
+    read_test_sample,
+    split_days,
+)
+from training.harness.render import (
+    pct,
+)
+from training.harness.runfolder import (
+    jsonable,
+    read_json,
+    save_npz,
+    write_json,
+)
+from training.sim.config import ConfigError
+
+
+def train_prefix(
+    ds: Dataset, side: SideTables, n: int, sessions_per_chunk: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(x (N, 22), click (N,))``: the impressions DRL-Rec's stream would train on.
+
+    DRL-Rec reads the training split in chunks of ``sessions_per_chunk`` whole sessions, in log
+    order, and shuffles each chunk's instances; a budget of ``n`` instances ends inside some
+    chunk. Here: whole chunks while the budget lasts, then a random subset (``seed``) of the
+    last chunk; ``n`` 0 takes the whole split.
+    """
+    rng = np.random.default_rng([seed, 5])
+    xs, ys = [], []
+    have = 0
+    for table in iter_session_batches(ds.paths("train"), sessions_per_batch=sessions_per_chunk):
+        req = build_requests(table, side)
+        x, y = req.imp_ids, req.label("click").astype(np.float32)
+        need = n - have if n else x.shape[0]
+        if need < x.shape[0]:
+            keep = np.sort(rng.choice(x.shape[0], size=need, replace=False))
+            x, y = x[keep], y[keep]
+        xs.append(x)
+        ys.append(y)
+        have += x.shape[0]
+        if n and have >= n:
+            break
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _load_cost_module() -> Any:
+    """``benchmarks/drl_cost.py`` (a script folder, not a package): loaded from its path."""
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "drl_cost.py"
+    spec = importlib.util.spec_from_file_location("drl_cost", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"{path}: cost benchmark not found")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# --------------------------------------------------------------------------------------------
+# one seed
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Seed:
+    """What the runs of one seed share: datasets, side tables, test samples."""
+
+    cfg: ReportConfig
+    seed: int
+    root: Path
+    data_root: Path
+    progress: bool
+    log: Callable[[str], None]
+    _data: dict[str, tuple[Dataset, SideTables, dict[str, Any]]] = field(default_factory=dict)
+    _test: dict[str, Requests] = field(default_factory=dict)
+
+    @property
+    def eval_key(self) -> dict[str, Any]:
+        """What a run's evaluation depends on besides its training (a change re-evaluates)."""
+        return {"test_impressions": self.cfg.test_impressions, "stream": TEST_STREAM}
+
+    def dataset(self, variant: str) -> tuple[Dataset, SideTables, dict[str, Any]]:
+        if variant not in self._data:
+            wcfg = world_config(self.cfg, self.seed, variant)
+            path = dataset_dir(self.data_root, self.cfg.world_preset,
+                               variant_overrides(self.cfg, variant), self.seed)  # fmt: skip
+            ds, gen = ensure_dataset(path, wcfg, self.cfg.world_preset, self.progress, self.log)
+            side = SideTables.from_tables(ds.users(), ds.items())
+            self._data[variant] = (ds, side, gen)
+        return self._data[variant]
+
+    def test(self, variant: str) -> Requests:
+        """The test sample of a world variant; its labels and users are saved once."""
+        if variant not in self._test:
+            ds, side, _ = self.dataset(variant)
+            t0 = time.perf_counter()
+            req = read_test_sample(ds, side, self.cfg.test_impressions, self.seed)
+            self._test[variant] = req
+            save_npz(self.root / f"test_{variant}.npz", click=req.label("click").astype(np.int8),
+                      user=req.user_id[req.imp_req])  # fmt: skip
+            self.log(f"test sample ({variant}): {req.n_impressions:,} impressions "
+                     f"({time.perf_counter() - t0:.1f} s)")  # fmt: skip
+        return self._test[variant]
+
+
+def same_config(
+    have: Mapping[str, Any] | None, want: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> bool:
+    """Whether a saved config ``have`` is ``want``. A key that ``have`` lacks (a field added to
+    the config class after the run) matches when ``want`` holds its default ``defaults[key]``."""
+    if have is None:
+        return False
+    h, w, d = jsonable(dict(have)), jsonable(dict(want)), jsonable(dict(defaults))
+    return all(h[k] == v if k in h else (k in d and d[k] == v) for k, v in w.items())
+
+
+def _defaults(cfg: Any) -> dict[str, Any]:
+    return {f.name: f.default for f in fields(cfg)} if dataclasses.is_dataclass(cfg) else {}
+
+
+def _finished(run_dir: Path, want: Any) -> dict[str, Any] | None:
+    """The run's ``train.json`` when its training of config ``want`` (a config dataclass or a
+    dict) finished (None when not); raises on a folder of another config."""
+    defaults = _defaults(want)
+    want_d = dataclasses.asdict(want) if dataclasses.is_dataclass(want) else dict(want)
+    path = run_dir / "train.json"
+    if not path.exists():
+        ck = run_dir / "checkpoint.pt"
+        if ck.exists():
+            have = torch.load(ck, map_location="cpu", weights_only=False).get("cfg")
+            if not same_config(have, want_d, defaults):
+                raise ConfigError(f"{ck} is a checkpoint of another config; remove {run_dir}")
+        return None
+    info = read_json(path)
+    if not same_config(info.get("config"), want_d, defaults):
+        raise ConfigError(f"{run_dir} holds a run of another config; remove it or choose --runs")
+    return info
+
+
+def drl_config_from(d: Mapping[str, Any]) -> DRLConfig:
+    """A :class:`DRLConfig` from its JSON form (lists back to tuples)."""
+    known = {f.name for f in fields(DRLConfig)}
+    return DRLConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
+                        if k in known})  # fmt: skip
+
+
+def _drl_nets(run_dir: Path, cfg: Any, side: SideTables, device: str) -> Any:
+    from training.drl.train import DRLTrainer
+
+    tr = DRLTrainer(cfg, side, device=device)
+    tr.load(run_dir / "checkpoint.pt")
+    return tr
+
+
+def _record_eval(
+    ctx: _Seed,
+    spec: RunSpec,
+    run_dir: Path,
+    info: dict[str, Any],
+    req: Requests,
+    scores: Mapping[str, np.ndarray],
+    t0: float,
+) -> dict[str, Any]:
+    """Add the test-sample evaluation to a run's ``info`` (click AUC of each score:
+    ``auc_<name>``, or ``auc`` for a single ``score``), save the scores beside it and write
+    ``train.json``; returns ``info["eval"]``."""
+    y = req.label("click")
+    aucs = {("auc" if k == "score" else f"auc_{k}"): auc(y, v) for k, v in scores.items()}
+    info["eval"] = {"impressions": req.n_impressions, **aucs}
+    info["eval_split"] = "test-sample"
+    info["eval_sample"] = ctx.eval_key
+    info["eval_seconds"] = round(time.perf_counter() - t0, 2)
+    info["spec"] = dataclasses.asdict(spec)
+    save_npz(run_dir / "scores.npz", **scores)
+    write_json(run_dir / "train.json", info)
+    return info["eval"]
+
+
+def _run_drl(ctx: _Seed, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+    from training.drl.train import impression_q, run
+
+    cfg = ctx.cfg.drl_config(ctx.seed, **dict(spec.drl))
+    info = _finished(run_dir, cfg)
+    if info is not None and info.get("eval_sample") == ctx.eval_key:
+        return {**info, "skipped": True}
+    ds, side, _ = ctx.dataset(spec.world)
+    if info is None:
+        ctx.log(f"{spec.name}: train ({cfg.max_instances:,} instances)")
+        run(ds.root, run_dir, cfg, device=ctx.cfg.device, resume=True, progress=ctx.progress,
+            eval_split=None)  # fmt: skip
+        info = read_json(run_dir / "train.json")
+    req = ctx.test(spec.world)
+    t0 = time.perf_counter()
+    tr = _drl_nets(run_dir, cfg, side, ctx.cfg.device)
+    scores = {"teacher": impression_q(tr.model.teacher, req, cfg.memory),
+              "student": impression_q(tr.model.student, req, cfg.memory)}  # fmt: skip
+    e = _record_eval(ctx, spec, run_dir, info, req, scores, t0)
+    ctx.log(f"{spec.name}: AUC teacher {e['auc_teacher']:.4f} student {e['auc_student']:.4f} "
+            f"(train {info['seconds']:.0f} s, eval {info['eval_seconds']:.0f} s)")  # fmt: skip
+    return {**info, "skipped": False}
+
+
+def _run_hrl(ctx: _Seed, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+    from training.drl.hrl import HRLTrainer, impression_scores, run_hrl
+
+    cfg = ctx.cfg.hrl_config(ctx.seed)
+    info = _finished(run_dir, cfg)
+    if info is not None and info.get("eval_sample") == ctx.eval_key:
+        return {**info, "skipped": True}
+    ds, side, _ = ctx.dataset(spec.world)
+    if info is None:
+        ctx.log(f"{spec.name}: train ({cfg.max_instances:,} instances)")
+        run_hrl(ds.root, run_dir, cfg, device=ctx.cfg.device, resume=True,
+                progress=ctx.progress, eval_split=None)  # fmt: skip
+        info = read_json(run_dir / "train.json")
+    req = ctx.test(spec.world)
+    t0 = time.perf_counter()
+    tr = HRLTrainer(cfg, side, device=ctx.cfg.device)
+    tr.load(run_dir / "checkpoint.pt")
+    actor, critic = impression_scores(tr.net, req, cfg.memory)
+    e = _record_eval(ctx, spec, run_dir, info, req, {"actor": actor, "critic": critic}, t0)
+    ctx.log(f"{spec.name}: AUC actor {e['auc_actor']:.4f} critic {e['auc_critic']:.4f} "
+            f"(train {info['seconds']:.0f} s)")  # fmt: skip
+    return {**info, "skipped": False}
+
+
+def _pointwise_config(ctx: _Seed, arch: str) -> dict[str, Any]:
+    c = ctx.cfg
+    d = c.drl_config(ctx.seed)
+    return {"arch": arch, "instances": c.budget, "epochs": 1, "batch_size": c.pointwise_batch_size,
+            "lr": c.pointwise_lr, "embed_dim": c.pointwise_embed_dim, "seed": ctx.seed,
+            "sessions_per_chunk": d.sessions_per_chunk}  # fmt: skip
+
+
+def _run_pointwise(ctx: _Seed, spec: RunSpec, run_dir: Path, cache: dict[str, Any]) -> dict:
+    from training.baselines.pointwise import predict, seeded_build_model, train_pointwise
+
+    want = _pointwise_config(ctx, spec.arch)
+    info = _finished(run_dir, want)
+    if info is not None and info.get("eval_sample") == ctx.eval_key:
+        return {**info, "skipped": True}
+    ds, side, _ = ctx.dataset(spec.world)
+    if "train" not in cache:
+        cache["train"] = train_prefix(ds, side, ctx.cfg.budget, want["sessions_per_chunk"],
+                                      ctx.seed)  # fmt: skip
+    x, y = cache["train"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model = seeded_build_model(spec.arch, DEFAULT_SPEC.sizes(), seed=ctx.seed,
+                               embed_dim=want["embed_dim"])  # fmt: skip
+    res = train_pointwise(model, x, y, epochs=1, batch_size=want["batch_size"], lr=want["lr"],
+                          seed=ctx.seed, device=ctx.cfg.device, progress=ctx.progress)  # fmt: skip
+    model = model.cpu().eval()
+    torch.save(model.state_dict(), run_dir / "model.pt")
+    req = ctx.test(spec.world)
+    t0 = time.perf_counter()
+    score = predict(model, req.imp_ids)
+    info = {
+        "kind": "pointwise",
+        "config": want,
+        "instances": int(x.shape[0]),
+        "seconds": round(res.seconds, 2),
+        "instances_per_s": round(x.shape[0] / max(res.seconds, 1e-9), 1),
+        "train_loss_history": res.train_loss_history,
+        "n_params": int(sum(p.numel() for p in model.parameters())),
+    }
+    e = _record_eval(ctx, spec, run_dir, info, req, {"score": score}, t0)
+    ctx.log(f"{spec.name}: AUC {e['auc']:.4f} ({res.seconds:.0f} s, "
+            f"{x.shape[0]:,} impressions)")  # fmt: skip
+    return {**info, "skipped": False}
+
+
+def _online(
+    ctx: _Seed,
+    variant: str,
+    arms: Mapping[str, tuple[str, str]],
+    path: Path,
+    optional: Sequence[str] = (),
+) -> dict[str, Any] | None:
+    """Simulated A/B test on the test days of a world variant.
+
+    ``arms``: arm name -> (run name, "teacher" | "student"); the logging policy is added as
+    the reference arm. Arms in ``optional`` are left out while their run is missing (and the
+    test reruns once it exists); a missing required run skips the test. Saved to ``path``
+    (the full per-session result beside it).
+    """
+    from training.eval.online import OnlineResult, run_online
+    from training.eval.policies import QPolicy
+    from training.sim.logging_policy import LoggingPolicy
+    from training.sim.world import build_world
+
+    runs = ctx.root
+
+    def ready(run_name: str) -> bool:
+        p = runs / run_name / "train.json"
+        return p.exists() and "eval" in read_json(p)
+
+    present = {a: v for a, v in arms.items() if ready(v[0])}
+    missing = sorted(set(arms) - set(present) - set(optional))
+    if missing:
+        ctx.log(f"online ({variant}): runs missing for arms {missing}; skipped")
+        return None
+    want = {"arms": {k: list(v) for k, v in present.items()},
+            "online_users": ctx.cfg.online_users, "seed_offset": ctx.cfg.online_seed_offset,
+            "variant": variant}  # fmt: skip
+    if path.exists():
+        have = read_json(path)
+        if have.get("want") == want:
+            return have
+    ds, side, _ = ctx.dataset(variant)
+    wcfg = world_config(ctx.cfg, ctx.seed, variant)
+    world = build_world(wcfg)
+    days = split_days(ds, "test")
+    users = online_population(ctx.seed, world.n_users, ctx.cfg.online_users)
+    policies: dict[str, Any] = {"logging": LoggingPolicy(world)}
+    for arm, (run_name, which) in present.items():
+        info = read_json(runs / run_name / "train.json")
+        cfg = drl_config_from(info["config"])
+        tr = _drl_nets(runs / run_name, cfg, side, "cpu")
+        net = tr.model.teacher if which == "teacher" else tr.model.student
+        policies[arm] = QPolicy(net, side)
+    t0 = time.perf_counter()
+    ctx.log(f"online ({variant}): arms {list(policies)}, {len(users)} users, days {days}")
+    result: OnlineResult = run_online(world, policies, users=users, days=days,
+                                      seed_offset=ctx.cfg.online_seed_offset,
+                                      progress=ctx.progress)  # fmt: skip
+    metrics = ["clicks_per_user", "clicks_per_session", "depth_per_session",
+               "watch_time_per_session"]  # fmt: skip
+    rows = {b: result.summary(b, metrics) for b in policies}
+    out = {
+        "want": want,
+        "days": days,
+        "n_users": int(len(users)),
+        "n_sessions": result.n_sessions,
+        "active_users": int(result.active_users().shape[0]),
+        "rows": rows,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "arm_seconds": result.meta.get("seconds", {}),
+    }
+    write_json(path.with_name(path.stem + "_sessions.json"), result.to_dict())
+    write_json(path, out)
+    for arm in policies:
+        r = online_row(out, arm, "logging", "clicks_per_user")
+        ctx.log(f"online ({variant}) {arm}: ACN {r['mean']:.3f} ({pct(r['rel_pct'])} vs logging)")
+    return out
+
+
+def _ceiling(ctx: _Seed, path: Path) -> dict[str, Any]:
+    """Click-AUC ceiling of the base world's test sample (training/eval/ceiling.py): the
+    logging policy replayed for the sample's users, the world's click probabilities scored."""
+    from training.eval.ceiling import click_ceiling
+
+    req = ctx.test("base")
+    users = np.unique(req.user_id)
+    want = {"eval_sample": ctx.eval_key, "users": int(users.size)}
+    if path.exists():
+        have = read_json(path)
+        if have.get("want") == want:
+            return have
+    ds, _, _ = ctx.dataset("base")
+    t0 = time.perf_counter()
+    c = click_ceiling(world_config(ctx.cfg, ctx.seed, "base"), users, split_days(ds, "test"))
+    y = req.label("click")
+    out = {"want": want, "auc": c.auc, "impressions": c.n_impressions,
+           "clicks": int(c.click.sum()), "mean_p_click": float(c.p_click.mean()),
+           "sample_impressions": int(req.n_impressions), "sample_clicks": int(y.sum()),
+           "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
+    out["replay_matches_log"] = bool(
+        out["impressions"] == out["sample_impressions"] and out["clicks"] == out["sample_clicks"]
+    )
+    write_json(path, out)
+    ctx.log(f"click-AUC ceiling {c.auc:.4f} on {c.n_impressions:,} impressions (replay matches "
+            f"the log: {out['replay_matches_log']}, {out['seconds']:.0f} s)")  # fmt: skip
+    return out
+
+
+#: Policies of the slate-truth diagnostic: name -> (run, network) for Q networks.
+TRUTH_Q_ARMS = {"teacher": ("drl", "teacher"), "student": ("drl", "student"),
+                "student_gamma0": ("gamma0", "student"),
+                "student_request0.4": ("request_gamma0.4", "student")}  # fmt: skip
+#: Users (of the online population) whose first list of the test day the diagnostic scores.
+TRUTH_USERS = 3000
+
+
+def _slate_truth(ctx: _Seed, path: Path) -> dict[str, Any] | None:
+    """What each policy puts in the first list of a session, by the world's truth (click
+    probability, satisfaction logit, clickbait share): why greedy Q policies lose online."""
+    from training.eval.baselines_run import ORACLE_LT_REWARD
+    from training.eval.ceiling import first_slates
+    from training.eval.online import OraclePolicy, RandomPolicy
+    from training.eval.policies import QPolicy
+    from training.sim.logging_policy import LoggingPolicy
+    from training.sim.world import build_world
+
+    present = {a: v for a, v in TRUTH_Q_ARMS.items()
+               if (ctx.root / v[0] / "train.json").exists()}  # fmt: skip
+    if "student" not in present:
+        return None
+    want = {"arms": sorted(present), "users": TRUTH_USERS, "online_users": ctx.cfg.online_users}
+    if path.exists():
+        have = read_json(path)
+        if have.get("want") == want:
+            return have
+    ds, side, _ = ctx.dataset("base")
+    world = build_world(world_config(ctx.cfg, ctx.seed, "base"))
+    users = online_population(ctx.seed, world.n_users, ctx.cfg.online_users)[:TRUTH_USERS]
+    pols: dict[str, Any] = {"logging": LoggingPolicy(world), "random": RandomPolicy(ctx.seed),
+                            "click_oracle": OraclePolicy(reward="click"),
+                            "long_term_oracle": OraclePolicy(reward=ORACLE_LT_REWARD)}  # fmt: skip
+    for arm, (run_name, which) in present.items():
+        cfg = drl_config_from(read_json(ctx.root / run_name / "train.json")["config"])
+        tr = _drl_nets(ctx.root / run_name, cfg, side, "cpu")
+        pols[arm] = QPolicy(tr.model.teacher if which == "teacher" else tr.model.student, side)
+    t0 = time.perf_counter()
+    day = split_days(ds, "test")[0]
+    rows = first_slates(world, pols, users, day, world.cfg.list_size)
+    out = {"want": want, "day": day, "rows": rows, "seconds": round(time.perf_counter() - t0, 2)}
+    write_json(path, out)
+    ctx.log(f"slate truth: {len(rows)} policies, {rows['logging']['requests']} requests "
+            f"({out['seconds']:.0f} s)")  # fmt: skip
+    return out
+
+
+def run_cost(
+    cfg: ReportConfig, run_dir: Path, path: Path, log: Callable[[str], None]
+) -> dict | None:
+    """Serving cost of the first seed's student against its teacher (Table 3's cost side)."""
+    want = {"candidates": cfg.cost_candidates, "k": cfg.cost_k, "requests": cfg.cost_requests,
+            "rounds": cfg.cost_rounds, "run": str(run_dir)}  # fmt: skip
+    if path.exists() and read_json(path).get("want") == want:
+        return read_json(path)
+    if not (run_dir / "train.json").exists():
+        log("cost: the first seed's drl run is missing; skipped")
+        return None
+    mod = _load_cost_module()
+    info = read_json(run_dir / "train.json")
+    dcfg = drl_config_from(info["config"])
+    ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    from training.drl.train import DRLRec
+
+    model = DRLRec(dcfg)
+    model.load_state_dict(ck["model"])
+    nets = {"teacher": model.teacher.eval(), "student": model.student.eval()}
+    res: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for r in range(cfg.cost_rounds):
+        for name, net in nets.items():
+            m = mod.measure(net, cfg.cost_candidates, cfg.cost_k, cfg.cost_requests, seed=r)
+            if name not in res or m["ms_per_request"] < res[name]["ms_per_request"]:
+                m["ms_rounds"] = res.get(name, {}).get("ms_rounds", []) + [m["ms_per_request"]]
+                res[name] = m
+            else:
+                res[name]["ms_rounds"].append(m["ms_per_request"])
+    t, s = res["teacher"], res["student"]
+    keys = ("parameters", "parameters_without_embeddings", "bytes_on_disk", "bytes_in_memory",
+            "macs_per_request", "ms_per_request")  # fmt: skip
+    out = {
+        "want": want,
+        "teacher": t,
+        "student": s,
+        "student_over_teacher": {k: s[k] / t[k] for k in keys},
+        "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg()[0],
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    write_json(path, out)
+    r = out["student_over_teacher"]
+    log(
+        f"cost: student/teacher bytes {r['bytes_in_memory']:.3f}, MACs {r['macs_per_request']:.3f}"
+        f", ms {r['ms_per_request']:.3f} ({t['ms_per_request']:.1f} vs {s['ms_per_request']:.1f})"
+    )
+    return out
+
+
+def run_seed(
+    cfg: ReportConfig,
+    seed: int,
+    runs: list[RunSpec],
+    root: Path,
+    data_root: Path,
+    only: Sequence[str] | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run (or skip, when finished) the seed's runs and online tests; returns what ran."""
+    root.mkdir(parents=True, exist_ok=True)
+
+    def say(msg: str) -> None:
+        log(f"[seed {seed}] {msg}")
+
+    ctx = _Seed(cfg, seed, root, data_root, progress, say)
+    done: dict[str, Any] = {}
+    cache: dict[str, Any] = {}
+    for spec in runs:
+        if not selected(only, spec.name, spec.group):
+            continue
+        run_dir = root / spec.name
+        if spec.kind == "drl":
+            info = _run_drl(ctx, spec, run_dir)
+        elif spec.kind == "hrl":
+            info = _run_hrl(ctx, spec, run_dir)
+        else:
+            info = _run_pointwise(ctx, spec, run_dir, cache)
+        if info["skipped"]:
+            say(f"{spec.name}: finished earlier, skipped")
+        done[spec.name] = info["skipped"]
+    if selected(only, "online"):
+        arms = {"teacher": ("drl", "teacher"), "student": ("drl", "student"),
+                "student_gamma0": ("gamma0", "student")}  # fmt: skip
+        _online(ctx, "base", arms, root / "online.json", optional=["student_gamma0"])
+    if selected(only, "control"):
+        arms = {"student_gamma0.4": ("control_gamma0.4", "student"),
+                "student_gamma0": ("control_gamma0", "student"),
+                "teacher_gamma0.4": ("control_gamma0.4", "teacher"),
+                "teacher_gamma0": ("control_gamma0", "teacher")}  # fmt: skip
+        _online(ctx, "long_term_off", arms, root / "control_online.json")
+    if selected(only, "main", "ceiling"):
+        _ceiling(ctx, root / "ceiling.json")
+    if selected(only, "online"):
+        _slate_truth(ctx, root / "slate_truth.json")
+    if selected(only, "horizon"):
+        req = {f"{who}_request{g:g}": (f"request_gamma{g:g}", who)
+               for who in ("student", "teacher") for g in HORIZON_GAMMAS}  # fmt: skip
+        arms = {"student_slot": ("drl", "student"), "student_slot_gamma0": ("gamma0", "student"),
+                **req}  # fmt: skip
+        _online(ctx, "base", arms, root / "horizon_online.json",
+                optional=["student_slot", "student_slot_gamma0"])  # fmt: skip
+        arms = {a: (f"control_{run}", who) for a, (run, who) in req.items()}
+        _online(ctx, "long_term_off", arms, root / "horizon_control_online.json")
+    meta = {}
+    for variant, (ds, _, gen) in ctx._data.items():
+        meta[variant] = {"path": str(ds.root), "counts": ds.meta.get("counts"),
+                         "generated_now": gen.get("generated"),
+                         "generate_seconds": gen.get("seconds")}  # fmt: skip
+    if meta:
+        path = root / "datasets.json"
+        old = read_json(path) if path.exists() else {}
+        write_json(path, {**old, **meta})
+    return done
