@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+README_PATH = Path(__file__).resolve().parents[1] / "README.md"
+README = README_PATH.read_text()
 
 
 def test_readme_settings_table_lists_every_setting_with_its_default():
@@ -21,3 +22,75 @@ def test_readme_names_every_ranker_subcommand():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     for name in [*sub.choices, "serve"]:
         assert f"ranker {name}" in README, f"README never shows `ranker {name}`"
+
+
+def _ranker_lines() -> list[str]:
+    """The ``ranker ...`` command lines of the README's bash blocks (continuations joined)."""
+    out, block, cur = [], False, ""
+    for line in README.splitlines():
+        if line.startswith("```"):
+            block = line.strip() == "```bash"
+            continue
+        if not block:
+            continue
+        cur = cur + " " + line.strip() if cur else line.strip()
+        if cur.endswith("\\"):
+            cur = cur[:-1].strip()
+            continue
+        if cur.startswith("ranker "):
+            out.append(cur)
+        cur = ""
+    return out
+
+
+def test_every_readme_ranker_command_parses_with_the_cli():
+    import shlex
+
+    from training.cli import build_parser
+
+    p = build_parser()
+    lines = [x for x in _ranker_lines() if x.split()[1] not in ("serve", "join-logs")]
+    assert len(lines) >= 10
+    for line in lines:
+        argv = shlex.split(line, comments=True)[1:]
+        try:
+            p.parse_args(argv)
+        except SystemExit:
+            raise AssertionError(f"README command does not parse: {line}") from None
+
+
+def test_every_ranker_option_has_help_text():
+    import argparse
+
+    from training.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        if name in ("serve", "join-logs"):  # their own parsers live in service.cli
+            continue
+        for a in parser._actions:
+            if isinstance(a, argparse._HelpAction):
+                continue
+            assert a.help and a.help != argparse.SUPPRESS, f"ranker {name} {a.dest}: no help"
+
+
+def test_readme_and_help_list_the_same_only_groups_and_presets():
+    from training.cli import DRL_REPORT_GROUPS, PRESETS_HELP
+    from training.drl.report.plan import GROUPS, REPORT_PRESETS
+    from training.eval.baselines_run import EVAL_PRESETS
+    from training.sim.config import PRESETS
+
+    assert tuple(GROUPS) == DRL_REPORT_GROUPS
+    assert "groups: " + ", ".join(GROUPS) + ")" in " ".join(README.split())
+    for names in (PRESETS, REPORT_PRESETS, EVAL_PRESETS):
+        assert list(names) == ["tiny", "default", "large"]
+        for n in names:
+            assert n in PRESETS_HELP and f"`{n}`" in README
+
+
+def test_readme_says_how_to_get_the_cpu_build_of_torch():
+    import re
+
+    pin = re.search(r'"torch==([\d.]+)"', (README_PATH.parent / "pyproject.toml").read_text())
+    want = f"pip install torch=={pin.group(1)} --index-url https://download.pytorch.org/whl/cpu"
+    assert want in README

@@ -209,6 +209,8 @@ REPORT_PRESETS: dict[str, ReportConfig] = {
     ),
     # The benchmark world, sized for 2 shared CPU cores (see the report's timing section).
     "default": ReportConfig(world_preset="default"),
+    # The large world (27,285 users, 28 days) with the default budgets.
+    "large": ReportConfig(world_preset="large"),
 }
 
 
