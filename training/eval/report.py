@@ -36,6 +36,7 @@ from training.eval.baselines_run import (
 )
 from training.eval.metrics import rela_impr
 from training.harness.claims import SanityError, check, failed_checks
+from training.harness.config import check_seeds
 from training.harness.data import world_fingerprint
 from training.harness.render import (
     chance_line,
@@ -48,9 +49,9 @@ from training.harness.render import (
     reference_line,
     status,
 )
-from training.harness.runfolder import output_folder, write_text
+from training.harness.runfolder import output_folder, timestamped, write_text
 from training.harness.stats import mean_std, pooled, pooled_positive, pooled_relative
-from training.sim.config import ConfigError, preset
+from training.sim.config import preset
 
 __all__ = ["ONLINE_METRICS", "build_report", "run_report"]
 
@@ -94,16 +95,11 @@ def run_report(
         pairs = tuple(sorted((str(k), str(v)) for k, v in world_overrides.items()))
         preset(cfg.world_preset).with_overrides(dict(pairs))  # bad values fail now
         cfg = dataclasses.replace(cfg, world_overrides=pairs)
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds={seeds}: need at least one, all distinct")
+    seeds = check_seeds(seeds)
     out = Path(out)
     runs = Path(runs_dir) if runs_dir else out / "runs"
     data = Path(data_root) if data_root else out / "datasets"
-    say = log or (lambda s: None)
-
-    def stamped(msg: str) -> None:
-        say(f"{time.strftime('%H:%M:%S')} {msg}")
+    stamped = timestamped(log)
 
     def has_runs(_: Path) -> bool:
         return any(runs.glob("seed*/config.json"))

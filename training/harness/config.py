@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -193,3 +193,11 @@ def check_device(device: str) -> str:
             raise ConfigError(f"--device {device}: MPS is not available on this machine")
         return d
     raise ConfigError(f"--device {device!r}: expected cpu, cuda, cuda:<index> or mps")
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """The seeds as ints: at least one, all distinct (a :class:`ConfigError` otherwise)."""
+    out = [int(s) for s in seeds]
+    if not out or len(set(out)) != len(out):
+        raise ConfigError(f"seeds={out}: need at least one, all distinct")
+    return out

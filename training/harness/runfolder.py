@@ -135,3 +135,14 @@ def output_folder(
         if (created and not keep_work) or (path.exists() and not any(path.iterdir())):
             shutil.rmtree(path, ignore_errors=True)
         raise
+
+
+def timestamped(log: Callable[[str], None] | None) -> Callable[[str], None]:
+    """``log`` with the wall-clock time before each line (None: silent)."""
+    import time
+
+    def say(msg: str) -> None:
+        if log is not None:
+            log(f"{time.strftime('%H:%M:%S')} {msg}")
+
+    return say

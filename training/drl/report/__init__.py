@@ -74,8 +74,8 @@ from training.drl.report.plan import (
 from training.drl.report.render import build_report
 from training.drl.report.runs import run_cost, run_seed, same_config, train_prefix
 from training.harness.claims import SanityError, direction_status, ratio_status
-from training.harness.config import check_device
-from training.harness.runfolder import output_folder
+from training.harness.config import check_device, check_seeds
+from training.harness.runfolder import output_folder, timestamped
 from training.harness.stats import pooled, relaimpr_columns
 from training.sim.config import ConfigError
 
@@ -140,9 +140,7 @@ def run_drl_report(
         cfg = cfg.with_world(world_overrides)
     if scale is not None:
         cfg = cfg.with_overrides({"scale": scale})
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds={seeds}: need at least one, all distinct")
+    seeds = check_seeds(seeds)
     plan = build_plan(cfg, seeds)
     known = {r.name for runs in plan.values() for r in runs} | set(GROUPS)
     only = [o for item in (only or []) for o in str(item).split(",") if o]
@@ -153,10 +151,7 @@ def run_drl_report(
     out = Path(out)
     root = (Path(runs_dir) if runs_dir else out / "runs") / preset_name
     data = Path(data_root) if data_root else out / "datasets"
-    say = log or (lambda s: None)
-
-    def stamped(msg: str) -> None:
-        say(f"{time.strftime('%H:%M:%S')} {msg}")
+    stamped = timestamped(log)
 
     def has_runs(_: Path) -> bool:
         return any(root.glob("seed*/*/train.json"))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from training.drl.train import DRLConfig
-from training.harness.config import apply_overrides
+from training.harness.config import apply_overrides, pick
 from training.sim.config import ConfigError, WorldConfig, long_term_off, preset
 
 # --------------------------------------------------------------------------------------------
@@ -215,12 +215,7 @@ REPORT_PRESETS: dict[str, ReportConfig] = {
 
 
 def report_preset(name: str) -> ReportConfig:
-    try:
-        return REPORT_PRESETS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown drl report preset {name!r} (known: {sorted(REPORT_PRESETS)})"
-        ) from None
+    return pick(REPORT_PRESETS, name, "drl report preset")
 
 
 def world_config(cfg: ReportConfig, seed: int, variant: str) -> WorldConfig:
