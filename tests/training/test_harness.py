@@ -238,3 +238,14 @@ def test_online_population_is_seeded_and_sorted():
     assert a.tolist() == sorted(a.tolist()) and len(set(a.tolist())) == 10
     assert np.array_equal(a, online_population(3, 100, 10))
     assert np.array_equal(online_population(3, 5, 0), np.arange(5))
+
+
+def test_a_dataset_is_recognised_from_a_checkout_in_another_folder(tiny_data, tmp_path):
+    from training.harness.data import same_world
+
+    ds, _, _ = tiny_data
+    wc = preset("tiny")
+    moved = tmp_path / "elsewhere" / "kuairand-pure"
+    shutil.copytree(wc.kuairand_dir, moved)
+    assert same_world(ds, wc.with_overrides({"kuairand_dir": str(moved)}))
+    assert not same_world(ds, wc.with_overrides({"n_users": 301}))
