@@ -41,8 +41,8 @@ def test_acks_count_live_workers_of_the_generation_only(tmp_path: Path) -> None:
     a, b = ControlFolder(tmp_path), ControlFolder(tmp_path)
     a.acknowledge(3, "v3", None)
     b.acknowledge(3, "v2", "BundleError: tampered")
-    assert {(x.worker, x.error) for x in a.acks(3)} == {(a.worker, None),
-                                                        (b.worker, "BundleError: tampered")}  # fmt: skip
+    refused = "BundleError: tampered"
+    assert {(x.worker, x.error) for x in a.acks(3)} == {(a.worker, None), (b.worker, refused)}
     assert a.acks(2) == []
     # A worker process that died: its acknowledgement is not counted, and its file goes.
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
