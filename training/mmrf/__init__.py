@@ -1,0 +1,1 @@
+"""MMRF: the model-based multi-agent WatchTime ranker (METHODS.md, "MMRF"; seeds/001)."""
