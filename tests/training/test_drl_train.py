@@ -98,12 +98,20 @@ def test_double_dqn_target_in_a_step_uses_online_argmax_and_target_value(data):
 def test_step_weights_lessons_by_the_teachers_confidence(data):
     """The composition of forward: confidence from the teacher's Q and target (Eq. 8), the
     KL weighted by it per state, the hint by :func:`lesson_weights` over the valid lessons."""
-    from training.drl.losses import confidence, lesson_hint_loss, lesson_weights, listwise_kl
+    from training.drl.losses import (
+        confidence,
+        filter_lessons,
+        lesson_hint_loss,
+        lesson_weights,
+        listwise_kl,
+    )
 
     _, side, req = data
-    tr = _spread(DRLTrainer(SMALL, side))
-    b = _batch(tr, req)
+    tr = _spread(DRLTrainer(SMALL.with_overrides(n_filtered=5), side))
     model = tr.model
+    with torch.no_grad():  # hints far apart across items, so every lesson counted shows
+        model.teacher.head.hidden[-1].weight.mul_(30.0)
+    b = _batch(tr, req)
     losses, info = model(b, tr.teacher_target, tr.student_target)
 
     def real(net, target):
@@ -117,17 +125,28 @@ def test_step_weights_lessons_by_the_teachers_confidence(data):
         q_t, y_t, s_t = real(model.teacher, tr.teacher_target)
         q_s, y_s, s_s = real(model.student, tr.student_target)
         c_t, c_s = confidence(q_t, y_t), confidence(q_s, y_s)
-        ids, mask = model._lessons(b, s_t, s_s)
-        assert mask[:, 1:].any() and not mask[:, 1:].all()  # some lessons are filtered out
+        # Lessons: the real item, then each network's own top 5 of the exploration input.
+        q_te, _ = model.teacher.q_from_state(s_t, b.explore)
+        q_se, _ = model.student.q_from_state(s_s, b.explore)
+        idx, valid = filter_lessons(q_te, q_se, b.explore_mask, 5)
+        ids = torch.cat([b.action[:, None], b.explore[torch.arange(len(idx))[:, None], idx]], 1)
+        mask = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)
+        got_ids, got_mask = model._lessons(b, s_t, s_s)
+        assert torch.equal(got_ids, ids) and torch.equal(got_mask, mask)
+        assert not mask[:, 1:].all()  # some student picks were the teacher's too
+        assert not torch.equal(filter_lessons(q_te, q_te, b.explore_mask, 5)[0], idx)
         q_tl, h_tl = model.teacher.q_from_state(s_t, ids)
         q_sl, h_sl = model.student.q_from_state(s_s, ids)
         kl = listwise_kl(q_tl, q_sl, mask, c_t, tau=SMALL.temperature)
         w = lesson_weights(c_t, ids.shape[1])
         hint = lesson_hint_loss(h_tl, h_sl, w, mask, model.adapter)
+        every = lesson_hint_loss(h_tl, h_sl, w, torch.ones_like(mask), model.adapter)
+    # The batch tells the right weights and lessons from the plausible wrong ones.
     assert abs(float(c_t.mean() - c_s.mean())) > 0.05  # the two confidences differ
+    assert abs(float(every - hint)) > 1e-3 * float(hint)  # so do the masked and unmasked hints
     assert info["charts/confidence"] == pytest.approx(float(c_t.mean()), abs=1e-5)
-    torch.testing.assert_close(losses.kl.detach(), kl, rtol=1e-4, atol=1e-7)
-    torch.testing.assert_close(losses.hint.detach(), hint, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(losses.kl.detach(), kl, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(losses.hint.detach(), hint, rtol=1e-5, atol=1e-7)
 
 
 def test_soft_update_moves_the_target_tau_of_the_way_to_the_online_network():
