@@ -150,11 +150,16 @@ def test_feedback_model_has_dropout_in_one_predictor_only():
     mask = torch.ones(4, 3, dtype=torch.bool)
     uc, cand = hist[:, -1, :10], hist[:, -1:, 10:]
     m.train()
-    z_a, zd_a = m(buf, mask, uc, cand)
-    z_b, zd_b = m(buf, mask, uc, cand)
+    gen = torch.Generator().manual_seed(0)
+    z_a, zd_a = m(buf, mask, uc, cand, generator=gen)
+    z_b, zd_b = m(buf, mask, uc, cand, generator=gen)
     assert z_a.shape == zd_a.shape == (4, 1, 7)
     torch.testing.assert_close(z_a, z_b)  # P: deterministic
     assert not torch.allclose(zd_a, zd_b)  # P': dropout
+    again = m(buf, mask, uc, cand, generator=torch.Generator().manual_seed(0))[1]
+    torch.testing.assert_close(again, zd_a)  # the masks come from the generator alone
+    with pytest.raises(ValueError, match="Generator"):
+        m(buf, mask, uc, cand)
     m.eval()
     torch.testing.assert_close(m(buf, mask, uc, cand)[1], m(buf, mask, uc, cand)[1])
 

@@ -49,7 +49,7 @@ paper applies dropout ("to one of the predictors").
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -66,7 +66,9 @@ __all__ = [
     "MMRFNetConfig",
     "MultiAgentActorCritic",
     "concat_others",
+    "encode_unique",
     "mlp",
+    "seeded_dropout",
 ]
 
 #: Agents / reward aspects in order; the last is the main (WatchTime) agent.
@@ -131,6 +133,22 @@ class MMRFNetConfig:
         """Input of ``f_N``: ``h^N``, all ``N`` contexts and the ``N - 1`` auxiliary actions."""
         n = self.n_agents
         return self.agent_dim + n * self.context_dim + (n - 1) * self.action_dim
+
+
+def encode_unique(
+    encode: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor
+) -> torch.Tensor:
+    """``encode`` applied to each distinct impression of ``ids (..., n)`` once: ``(..., E)``.
+
+    The windows of a batch overlap (a request's slots share most of their history, a
+    simulated transition copies its real state's window), so the field self-attention, the
+    expensive part, runs on the distinct rows only and is gathered back; the values (and
+    gradients, summed over the copies) equal ``encode(ids)``.
+    """
+    n = ids.shape[-1]
+    uniq, inv = torch.unique(ids.reshape(-1, n), dim=0, return_inverse=True)
+    enc = encode(uniq)
+    return enc[inv].reshape(*ids.shape[:-1], enc.shape[-1])
 
 
 def mlp(d_in: int, hidden: Sequence[int], d_out: int, dropout: float = 0.0) -> nn.Sequential:
@@ -338,6 +356,20 @@ def _call_critic(
     return q
 
 
+def seeded_dropout(
+    x: torch.Tensor, p: float, generator: torch.Generator | None, training: bool
+) -> torch.Tensor:
+    """Inverted dropout drawing its mask from ``generator`` (never torch's global RNG):
+    ``x * keep / (1 - p)``, ``keep ~ Bernoulli(1 - p)``. Identity when not training or ``p =
+    0``. Raises ValueError when a mask is needed and ``generator`` is ``None``."""
+    if not training or p == 0:
+        return x
+    if generator is None:
+        raise ValueError("dropout in training mode needs a torch.Generator (seeded runs only)")
+    keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
+    return x * keep / (1 - p)
+
+
 class FeedbackModel(nn.Module):
     """The user-feedback model M (Sec. 2.3, Eq. 5): session RNN, siamese per-aspect heads.
 
@@ -345,7 +377,7 @@ class FeedbackModel(nn.Module):
     returns the logits of both predictors, ``(z, z')`` each ``(B, C, A)`` with ``A =
     len(ASPECTS)``; ``sigmoid(z)`` is ``r`` (a probability for binary aspects, watch time on
     the [0, 1] scale of :class:`training.mmrf.rewards.RewardScale`). ``P'`` carries dropout
-    (active in train mode only).
+    (active in train mode only, its masks drawn from the ``generator`` passed to ``forward``).
     """
 
     def __init__(self, cfg: MMRFNetConfig, n_aspects: int = len(ASPECTS)) -> None:
@@ -355,7 +387,7 @@ class FeedbackModel(nn.Module):
         self.state_encoder = StateEncoder(enc)
         d_in = enc.gru_hidden + enc.cand_dim
         self.head = mlp(d_in, cfg.model_hidden, n_aspects)
-        self.head_dropout = mlp(d_in, cfg.model_hidden, n_aspects, dropout=cfg.model_dropout)
+        self.head_dropout = mlp(d_in, cfg.model_hidden, n_aspects)
 
     def encode(self, impression_ids: torch.Tensor) -> torch.Tensor:
         return self.state_encoder.encode(impression_ids)
@@ -366,8 +398,14 @@ class FeedbackModel(nn.Module):
         mask: torch.Tensor,
         user_ctx_ids: torch.Tensor,
         cand_ids: torch.Tensor,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.state_encoder(buffer, mask, user_ctx_ids)  # (B, H)
         x = self.state_encoder.embedding(cand_ids, self.cfg.encoder.n_user_ctx).flatten(-2)
         inp = torch.cat([s[:, None].expand(-1, x.shape[1], -1), x], dim=-1)
-        return self.head(inp), self.head_dropout(inp)
+        z_prime = inp
+        for layer in self.head_dropout:
+            z_prime = layer(z_prime)
+            if isinstance(layer, nn.ReLU):
+                z_prime = seeded_dropout(z_prime, self.cfg.model_dropout, generator, self.training)
+        return self.head(inp), z_prime
