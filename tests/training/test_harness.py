@@ -249,3 +249,15 @@ def test_a_dataset_is_recognised_from_a_checkout_in_another_folder(tiny_data, tm
     shutil.copytree(wc.kuairand_dir, moved)
     assert same_world(ds, wc.with_overrides({"kuairand_dir": str(moved)}))
     assert not same_world(ds, wc.with_overrides({"n_users": 301}))
+
+
+def test_reference_arms_by_name_and_renamed():
+    from training.eval.online import OraclePolicy
+    from training.harness.arms import ORACLE_LT_REWARD, reference_arms
+
+    arms = reference_arms(object(), 0, ["random", "oracle", "oracle_lt"], {"oracle": "click"})
+    assert list(arms) == ["random", "click", "oracle_lt"]
+    assert isinstance(arms["oracle_lt"], OraclePolicy)
+    assert ORACLE_LT_REWARD == {"click": 1.0, "satisfaction": 0.1}
+    with pytest.raises(KeyError, match="unknown reference arms"):
+        reference_arms(object(), 0, ["nope"])

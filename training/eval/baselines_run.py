@@ -26,8 +26,9 @@
 5. **online**: :func:`training.eval.online.run_online` on the test days with fresh sessions
    (``seed_offset``), a fixed random population of ``online_users`` users, arms ``random``,
    ``logging``, ``oracle`` (greedy on the true click probability: myopic), ``oracle_lt``
-   (greedy on click + 0.1 satisfaction, :data:`ORACLE_LT_REWARD`), every model as a greedy policy
-   (:class:`ShortlistPolicy`), and ``fm@T`` / ``deepfm@T`` (the stochastic policies above).
+   (greedy on click + 0.1 satisfaction, :data:`training.harness.arms.ORACLE_LT_REWARD`), every
+   model as a greedy policy (:class:`ShortlistPolicy`), and ``fm@T`` / ``deepfm@T`` (the
+   stochastic policies above).
 6. **NCIS**: on the test split's logged slates, NCIS of the logging policy (target =
    behaviour: the mean logged clicks per request) and of ``fm@T`` / ``deepfm@T``, each with a
    user-cluster bootstrap interval, against the same policy's online clicks per request.
@@ -69,8 +70,9 @@ from training.baselines.pointwise import predict, seeded_build_model, train_poin
 from training.data.features import Requests, SideTables, build_requests, candidate_ids
 from training.data.pipeline import Dataset, code_version
 from training.eval.metrics import auc, bootstrap_ci, gauc, ncis
-from training.eval.online import OnlineResult, OraclePolicy, RandomPolicy, run_online
+from training.eval.online import OnlineResult, run_online
 from training.eval.policies import OnlineFeatures, PointwisePolicy, RequestInputs
+from training.harness.arms import reference_arms
 from training.harness.config import apply_overrides, pick
 from training.harness.data import (
     SIM_SOURCE,
@@ -83,10 +85,9 @@ from training.harness.data import (
     split_impressions,
     world_fingerprint,
 )
-from training.harness.runfolder import jsonable, read_json, write_json
+from training.harness.runfolder import cached, jsonable, read_json, write_json
 from training.sim.config import ConfigError, WorldConfig, preset
 from training.sim.env import Env, Observation
-from training.sim.logging_policy import LoggingPolicy
 from training.sim.world import build_world
 
 __all__ = [
@@ -146,7 +147,6 @@ CAP_QUANTILES = (1.0, 0.999, 0.995, 0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.5)
 #: The long-term oracle's reward (as in tests/training/test_online.py): the myopic click oracle
 #: favours clickbait, whose low satisfaction cuts sessions short, so it is not the upper
 #: reference for clicks per *user*; valuing satisfaction too is.
-ORACLE_LT_REWARD = {"click": 1.0, "satisfaction": 0.1}
 
 # Streams of the harness's own hashed draws (far from the world's, see training.sim.rng).
 _S_TRAIN, _S_VALID, _S_TEST, _S_NCIS_VALID, _S_NCIS_TEST = 7001, 7002, 7003, 7004, 7005
@@ -864,10 +864,13 @@ def _stochastic(ctx: _Ctx, name: str, temperature: float) -> PointwisePolicy:
 
 
 def _temperatures(ctx: _Ctx) -> dict[str, Any]:
-    path = ctx.run_dir / "ncis_temperature.json"
-    if path.exists():
-        ctx.log("NCIS temperatures: found")
-        return read_json(path)
+    c = ctx.cfg
+    want = {"models": list(c.ncis_models), "requests": c.ncis_requests,
+            "grid": list(c.temperatures), "cap_min_ess_share": c.cap_min_ess_share}  # fmt: skip
+    return cached(ctx.run_dir / "ncis_temperature.json", want, lambda: _choose_temperatures(ctx))
+
+
+def _choose_temperatures(ctx: _Ctx) -> dict[str, Any]:
     t0 = time.perf_counter()
     req = read_requests(ctx.ds, "valid", ctx.side, ctx.cfg.ncis_requests, ctx.seed, _S_NCIS_VALID)
     out: dict[str, Any] = {}
@@ -878,9 +881,7 @@ def _temperatures(ctx: _Ctx) -> dict[str, Any]:
             f"NCIS {name}: T={out[name]['temperature']} log cap {out[name]['log_cap']:.2f} "
             f"(valid, {req.n_requests} requests)"
         )
-    res = {"models": out, "seconds": time.perf_counter() - t0, "seed": ctx.seed}
-    write_json(path, res)
-    return res
+    return {"models": out, "seconds": time.perf_counter() - t0, "seed": ctx.seed}
 
 
 def _shortlist_agreement(ctx: _Ctx, world: Any, day: int, users: np.ndarray) -> dict[str, Any]:
@@ -905,23 +906,23 @@ def _shortlist_agreement(ctx: _Ctx, world: Any, day: int, users: np.ndarray) -> 
 
 
 def _online(ctx: _Ctx, temps: Mapping[str, Any]) -> tuple[OnlineResult, dict[str, Any]]:
-    path = ctx.run_dir / "online.json"
-    if path.exists():
-        ctx.log("online: found")
-        d = read_json(path)
-        return OnlineResult.from_dict(d["result"]), d["info"]
+    c = ctx.cfg
+    want = {"models": list(c.models), "ncis_models": list(c.ncis_models), "users": c.online_users,
+            "seed_offset": c.online_seed_offset, "shortlist": c.shortlist,
+            "temperatures": {n: temps["models"][n]["temperature"]
+                             for n in c.ncis_models}}  # fmt: skip
+    d = cached(ctx.run_dir / "online.json", want, lambda: _run_online(ctx, temps))
+    return OnlineResult.from_dict(d["result"]), d["info"]
+
+
+def _run_online(ctx: _Ctx, temps: Mapping[str, Any]) -> dict[str, Any]:
     cfg = ctx.cfg
     world = build_world(ctx.wcfg)
     days = split_days(ctx.ds, "test")
     users = online_population(ctx.seed, world.n_users, cfg.online_users)
     t0 = time.perf_counter()
     agreement = _shortlist_agreement(ctx, world, days[0], users)
-    policies: dict[str, Any] = {
-        "random": RandomPolicy(ctx.seed),
-        "logging": LoggingPolicy(world),
-        "oracle": OraclePolicy(),
-        "oracle_lt": OraclePolicy(reward=ORACLE_LT_REWARD),
-    }
+    policies = reference_arms(world, ctx.seed)
     for name in cfg.models:
         policies[name] = ShortlistPolicy(Chunked(ctx.model(name)), ctx.side, cfg.shortlist)
     for name in cfg.ncis_models:
@@ -943,17 +944,20 @@ def _online(ctx: _Ctx, temps: Mapping[str, Any]) -> tuple[OnlineResult, dict[str
         "seconds": time.perf_counter() - t0,
         "arm_seconds": result.meta.get("seconds", {}),
     }
-    write_json(path, {"result": result.to_dict(), "info": info})
     for arm, sec in info["arm_seconds"].items():
         ctx.log(f"online {arm}: {sec:.0f} s")
-    return result, info
+    return {"result": result.to_dict(), "info": info}
 
 
 def _ncis(ctx: _Ctx, temps: Mapping[str, Any], online: OnlineResult) -> dict[str, Any]:
-    path = ctx.run_dir / "ncis.json"
-    if path.exists():
-        ctx.log("NCIS: found")
-        return read_json(path)
+    c = ctx.cfg
+    want = {"n_boot": c.n_boot, "requests": c.ncis_requests,
+            "temperatures": {n: temps["models"][n] for n in c.ncis_models},
+            "online_users": c.online_users}  # fmt: skip
+    return cached(ctx.run_dir / "ncis.json", want, lambda: _estimate_ncis(ctx, temps, online))
+
+
+def _estimate_ncis(ctx: _Ctx, temps: Mapping[str, Any], online: OnlineResult) -> dict[str, Any]:
     cfg = ctx.cfg
     t0 = time.perf_counter()
     rng = np.random.default_rng([ctx.seed, 23])
@@ -985,7 +989,6 @@ def _ncis(ctx: _Ctx, temps: Mapping[str, Any], online: OnlineResult) -> dict[str
             "requests": int(req.n_requests),
         }
     res = {"policies": out, "seconds": time.perf_counter() - t0, "seed": ctx.seed}
-    write_json(path, res)
     for k, v in out.items():
         c = v["compare"]
         ctx.log(f"NCIS {k}: {v['ncis']['value']:.4f} vs online {v['online']['value']:.4f} "

@@ -35,6 +35,7 @@ from training.eval.baselines_run import (
     run_seed,
 )
 from training.eval.metrics import rela_impr
+from training.harness.arms import REFERENCE_ARMS
 from training.harness.claims import SanityError, check, failed_checks
 from training.harness.config import check_seeds
 from training.harness.data import world_fingerprint
@@ -65,7 +66,6 @@ ONLINE_METRICS: dict[str, str] = {
     "comment_per_session": "comment/session",
     "hate_per_session": "hate/session",
 }
-REFERENCE_ARMS = ("random", "logging", "oracle", "oracle_lt")
 
 
 def run_report(

@@ -27,8 +27,8 @@ from training.drl.report.plan import (
     variant_overrides,
     world_config,
 )
-from training.drl.train import DRLConfig
 from training.eval.metrics import auc
+from training.harness.arms import drl_config_from, q_policy, reference_arms
 from training.harness.data import (
     TEST_STREAM,
     dataset_dir,
@@ -41,6 +41,7 @@ from training.harness.render import (
     pct,
 )
 from training.harness.runfolder import (
+    cached,
     jsonable,
     read_json,
     save_npz,
@@ -167,13 +168,6 @@ def _finished(run_dir: Path, want: Any) -> dict[str, Any] | None:
     if not same_config(info.get("config"), want_d, defaults):
         raise ConfigError(f"{run_dir} holds a run of another config; remove it or choose --runs")
     return info
-
-
-def drl_config_from(d: Mapping[str, Any]) -> DRLConfig:
-    """A :class:`DRLConfig` from its JSON form (lists back to tuples)."""
-    known = {f.name for f in fields(DRLConfig)}
-    return DRLConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
-                        if k in known})  # fmt: skip
 
 
 def _drl_nets(run_dir: Path, cfg: Any, side: SideTables, device: str) -> Any:
@@ -315,11 +309,6 @@ def _online(
     test reruns once it exists); a missing required run skips the test. Saved to ``path``
     (the full per-session result beside it).
     """
-    from training.eval.online import OnlineResult, run_online
-    from training.eval.policies import QPolicy
-    from training.sim.logging_policy import LoggingPolicy
-    from training.sim.world import build_world
-
     runs = ctx.root
 
     def ready(run_name: str) -> bool:
@@ -333,23 +322,30 @@ def _online(
         return None
     want = {"arms": {k: list(v) for k, v in present.items()},
             "online_users": ctx.cfg.online_users, "seed_offset": ctx.cfg.online_seed_offset,
-            "variant": variant}  # fmt: skip
-    if path.exists():
-        have = read_json(path)
-        if have.get("want") == want:
-            return have
+            "variant": variant, "intervals": INTERVALS}  # fmt: skip
+    return cached(path, want, lambda: _run_online(ctx, variant, present, path))
+
+
+#: Version of the online summaries' intervals (log-ratio relative changes, log-scale means);
+#: part of an online test's inputs, so results summarised the older way are recomputed.
+INTERVALS = "log-2"
+
+
+def _run_online(
+    ctx: _Seed, variant: str, present: Mapping[str, tuple[str, str]], path: Path
+) -> dict[str, Any]:
+    from training.eval.online import OnlineResult, run_online
+    from training.sim.world import build_world
+
+    runs = ctx.root
     ds, side, _ = ctx.dataset(variant)
     wcfg = world_config(ctx.cfg, ctx.seed, variant)
     world = build_world(wcfg)
     days = split_days(ds, "test")
     users = online_population(ctx.seed, world.n_users, ctx.cfg.online_users)
-    policies: dict[str, Any] = {"logging": LoggingPolicy(world)}
+    policies = reference_arms(world, ctx.seed, ["logging"])
     for arm, (run_name, which) in present.items():
-        info = read_json(runs / run_name / "train.json")
-        cfg = drl_config_from(info["config"])
-        tr = _drl_nets(runs / run_name, cfg, side, "cpu")
-        net = tr.model.teacher if which == "teacher" else tr.model.student
-        policies[arm] = QPolicy(net, side)
+        policies[arm] = q_policy(runs / run_name, which, side)
     t0 = time.perf_counter()
     ctx.log(f"online ({variant}): arms {list(policies)}, {len(users)} users, days {days}")
     result: OnlineResult = run_online(world, policies, users=users, days=days,
@@ -359,7 +355,6 @@ def _online(
                "watch_time_per_session"]  # fmt: skip
     rows = {b: result.summary(b, metrics) for b in policies}
     out = {
-        "want": want,
         "days": days,
         "n_users": int(len(users)),
         "n_sessions": result.n_sessions,
@@ -369,7 +364,6 @@ def _online(
         "arm_seconds": result.meta.get("seconds", {}),
     }
     write_json(path.with_name(path.stem + "_sessions.json"), result.to_dict())
-    write_json(path, out)
     for arm in policies:
         r = online_row(out, arm, "logging", "clicks_per_user")
         ctx.log(f"online ({variant}) {arm}: ACN {r['mean']:.3f} ({pct(r['rel_pct'])} vs logging)")
@@ -379,27 +373,26 @@ def _online(
 def _ceiling(ctx: _Seed, path: Path) -> dict[str, Any]:
     """Click-AUC ceiling of the base world's test sample (training/eval/ceiling.py): the
     logging policy replayed for the sample's users, the world's click probabilities scored."""
-    from training.eval.ceiling import click_ceiling
-
     req = ctx.test("base")
     users = np.unique(req.user_id)
     want = {"eval_sample": ctx.eval_key, "users": int(users.size)}
-    if path.exists():
-        have = read_json(path)
-        if have.get("want") == want:
-            return have
+    return cached(path, want, lambda: _compute_ceiling(ctx, req, users))
+
+
+def _compute_ceiling(ctx: _Seed, req: Requests, users: np.ndarray) -> dict[str, Any]:
+    from training.eval.ceiling import click_ceiling
+
     ds, _, _ = ctx.dataset("base")
     t0 = time.perf_counter()
     c = click_ceiling(world_config(ctx.cfg, ctx.seed, "base"), users, split_days(ds, "test"))
     y = req.label("click")
-    out = {"want": want, "auc": c.auc, "impressions": c.n_impressions,
+    out = {"auc": c.auc, "impressions": c.n_impressions,
            "clicks": int(c.click.sum()), "mean_p_click": float(c.p_click.mean()),
            "sample_impressions": int(req.n_impressions), "sample_clicks": int(y.sum()),
            "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
     out["replay_matches_log"] = bool(
         out["impressions"] == out["sample_impressions"] and out["clicks"] == out["sample_clicks"]
     )
-    write_json(path, out)
     ctx.log(f"click-AUC ceiling {c.auc:.4f} on {c.n_impressions:,} impressions (replay matches "
             f"the log: {out['replay_matches_log']}, {out['seconds']:.0f} s)")  # fmt: skip
     return out
@@ -415,38 +408,30 @@ TRUTH_USERS = 3000
 
 def _slate_truth(ctx: _Seed, path: Path) -> dict[str, Any] | None:
     """What each policy puts in the first list of a session, by the world's truth (click
-    probability, satisfaction logit, clickbait share): why greedy Q policies lose online."""
-    from training.eval.baselines_run import ORACLE_LT_REWARD
-    from training.eval.ceiling import first_slates
-    from training.eval.online import OraclePolicy, RandomPolicy
-    from training.eval.policies import QPolicy
-    from training.sim.logging_policy import LoggingPolicy
-    from training.sim.world import build_world
-
+    probability, satisfaction logit, clickbait share)."""
     present = {a: v for a, v in TRUTH_Q_ARMS.items()
                if (ctx.root / v[0] / "train.json").exists()}  # fmt: skip
     if "student" not in present:
         return None
     want = {"arms": sorted(present), "users": TRUTH_USERS, "online_users": ctx.cfg.online_users}
-    if path.exists():
-        have = read_json(path)
-        if have.get("want") == want:
-            return have
+    return cached(path, want, lambda: _compute_slate_truth(ctx, present))
+
+
+def _compute_slate_truth(ctx: _Seed, present: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
+    from training.eval.ceiling import first_slates
+    from training.sim.world import build_world
+
     ds, side, _ = ctx.dataset("base")
     world = build_world(world_config(ctx.cfg, ctx.seed, "base"))
     users = online_population(ctx.seed, world.n_users, ctx.cfg.online_users)[:TRUTH_USERS]
-    pols: dict[str, Any] = {"logging": LoggingPolicy(world), "random": RandomPolicy(ctx.seed),
-                            "click_oracle": OraclePolicy(reward="click"),
-                            "long_term_oracle": OraclePolicy(reward=ORACLE_LT_REWARD)}  # fmt: skip
+    pols = reference_arms(world, ctx.seed, rename={"oracle": "click_oracle",
+                                                   "oracle_lt": "long_term_oracle"})  # fmt: skip
     for arm, (run_name, which) in present.items():
-        cfg = drl_config_from(read_json(ctx.root / run_name / "train.json")["config"])
-        tr = _drl_nets(ctx.root / run_name, cfg, side, "cpu")
-        pols[arm] = QPolicy(tr.model.teacher if which == "teacher" else tr.model.student, side)
+        pols[arm] = q_policy(ctx.root / run_name, which, side)
     t0 = time.perf_counter()
     day = split_days(ds, "test")[0]
     rows = first_slates(world, pols, users, day, world.cfg.list_size)
-    out = {"want": want, "day": day, "rows": rows, "seconds": round(time.perf_counter() - t0, 2)}
-    write_json(path, out)
+    out = {"day": day, "rows": rows, "seconds": round(time.perf_counter() - t0, 2)}
     ctx.log(f"slate truth: {len(rows)} policies, {rows['logging']['requests']} requests "
             f"({out['seconds']:.0f} s)")  # fmt: skip
     return out
@@ -458,11 +443,13 @@ def run_cost(
     """Serving cost of the first seed's student against its teacher (Table 3's cost side)."""
     want = {"candidates": cfg.cost_candidates, "k": cfg.cost_k, "requests": cfg.cost_requests,
             "rounds": cfg.cost_rounds, "run": str(run_dir)}  # fmt: skip
-    if path.exists() and read_json(path).get("want") == want:
-        return read_json(path)
     if not (run_dir / "train.json").exists():
         log("cost: the first seed's drl run is missing; skipped")
         return None
+    return cached(path, want, lambda: _measure_cost(cfg, run_dir, log))
+
+
+def _measure_cost(cfg: ReportConfig, run_dir: Path, log: Callable[[str], None]) -> dict:
     mod = _load_cost_module()
     info = read_json(run_dir / "train.json")
     dcfg = drl_config_from(info["config"])
@@ -486,7 +473,6 @@ def run_cost(
     keys = ("parameters", "parameters_without_embeddings", "bytes_on_disk", "bytes_in_memory",
             "macs_per_request", "ms_per_request")  # fmt: skip
     out = {
-        "want": want,
         "teacher": t,
         "student": s,
         "student_over_teacher": {k: s[k] / t[k] for k in keys},
@@ -494,7 +480,6 @@ def run_cost(
         "load_average": os.getloadavg()[0],
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    write_json(path, out)
     r = out["student_over_teacher"]
     log(
         f"cost: student/teacher bytes {r['bytes_in_memory']:.3f}, MACs {r['macs_per_request']:.3f}"
