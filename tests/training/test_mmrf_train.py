@@ -165,6 +165,10 @@ def test_cli_trains_the_tiny_world_end_to_end(data, tmp_path, capsys):
     saved = json.loads((tmp_path / "run" / "reward_scale.json").read_text())
     assert saved == fit_reward_scale(ds.paths("train")).to_dict()
     assert (tmp_path / "run" / "checkpoint.pt").exists()
+    assert summary["eval"]["non_impressions"] > 0 and summary["eval"]["model_kl_impressions"] > 0
+    # A finished run is not overwritten by accident.
+    assert main([*argv, "--set", "max_instances=32"]) == 2
+    assert "--resume" in capsys.readouterr().err
 
 
 def test_cli_help_and_bad_settings(data, tmp_path, capsys):
@@ -175,4 +179,6 @@ def test_cli_help_and_bad_settings(data, tmp_path, capsys):
     assert main([*argv, "--set", "gamma=1.5"]) == 2
     assert "gamma=" in capsys.readouterr().err
     assert main([*argv, "--variant", "mmrf-co", "--set", "collaboration=attention"]) == 2
+    assert main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+    assert "dataset.json" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

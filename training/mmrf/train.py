@@ -46,8 +46,8 @@ import torch
 from torch import nn
 
 from contract.features import DEFAULT_SPEC
-from training.data.features import Requests, SideTables, build_requests
-from training.data.pipeline import Dataset
+from training.data.features import Requests, SideTables, build_requests, candidate_ids
+from training.data.pipeline import Dataset, DatasetError
 from training.drl.batches import history, make_batch
 from training.drl.networks import QNetConfig, push
 from training.drl.train import Checkpointed, soft_update, stream_rng, train
@@ -64,6 +64,7 @@ from training.harness.config import (
 from training.mmrf.losses import (
     MMRFLosses,
     actor_loss,
+    bernoulli_kl,
     critic_losses,
     feedback_loss,
     simulated_reward,
@@ -509,6 +510,43 @@ def impression_outputs(
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
+@torch.no_grad()
+def non_impression_model_outputs(
+    trainer: MMRFTrainer,
+    req: Requests,
+    max_requests: int = 2000,
+    rng: np.random.Generator | None = None,
+    batch: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """M's ``r``, ``r'`` ``(M, A)`` on the non-impressed candidates of up to ``max_requests``
+    requests of ``req`` (a seeded random subset when there are more), each scored at the
+    request's first slot (state: the session's impressions before the request)."""
+    model, m = trainer.model, trainer.cfg.memory
+    model.eval()
+    dev = trainer.device
+    reqs = np.flatnonzero(req.n_shown > 0)
+    if len(reqs) > max_requests:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        reqs = np.sort(rng.choice(reqs, size=max_requests, replace=False))
+    outs: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+    for lo in range(0, len(reqs), batch):
+        r = reqs[lo : lo + batch]
+        hist, mask = history(req, req.imp_start[r], m)
+        cols = np.arange(req.cand_item.shape[1])[None, :]
+        valid = req.cand_mask[r] & (cols >= req.n_shown[r][:, None])
+        cand = candidate_ids(req, r, np.zeros(len(r), dtype=np.int64))
+        z, z2 = model(
+            model.encode(torch.from_numpy(hist).to(dev)),
+            torch.from_numpy(mask).to(dev),
+            torch.from_numpy(req.user_ctx[r]).to(dev),
+            torch.from_numpy(cand).to(dev),
+        )
+        keep = torch.from_numpy(valid).to(dev)
+        outs[0].append(torch.sigmoid(z[keep]).cpu())
+        outs[1].append(torch.sigmoid(z2[keep]).cpu())
+    return torch.cat(outs[0]).numpy(), torch.cat(outs[1]).numpy()
+
+
 def _or_none(f, *args) -> float | None:
     try:
         v = f(*args)
@@ -520,8 +558,10 @@ def _or_none(f, *args) -> float | None:
 def evaluate_mmrf(trainer: MMRFTrainer, dataset: Dataset, split: str = "valid") -> dict[str, Any]:
     """Offline figures on a split's impressions: per binary aspect, the GAUC of the main
     (WatchTime) agent's score and of the aspect's own agent; the main score's Pearson
-    correlation with model-scale watch time; M's AUC per binary aspect and its watch-time MSE.
-    An undefined figure (an aspect with one class in the split) is ``None``."""
+    correlation with model-scale watch time; M's AUC per binary aspect and its watch-time MSE;
+    M's uncertainty (the Bernoulli KL of Eq. 6, mean over aspects) on the impressions and on
+    the non-impressed candidates (:func:`non_impression_model_outputs`), which were never
+    trained on. An undefined figure (an aspect with one class in the split) is ``None``."""
     from training.eval.metrics import auc, gauc
 
     req = build_requests(dataset.read(split), trainer.side)
@@ -539,6 +579,14 @@ def evaluate_mmrf(trainer: MMRFTrainer, dataset: Dataset, split: str = "valid") 
     wt = ASPECTS.index("watch_time")
     res["main_corr_watch_time"] = float(np.corrcoef(o["scores"][:, -1], fb[:, wt])[0, 1])
     res["model_mse_watch_time"] = float(np.mean((o["model_r"][:, wt] - fb[:, wt]) ** 2))
+
+    def mean_kl(r: np.ndarray, rp: np.ndarray) -> float:
+        return float(bernoulli_kl(torch.from_numpy(r), torch.from_numpy(rp)).mean())
+
+    res["model_kl_impressions"] = mean_kl(o["model_r"], o["model_r_prime"])
+    r_non, rp_non = non_impression_model_outputs(trainer, req)
+    res["non_impressions"] = int(len(r_non))
+    res["model_kl_non_impressions"] = mean_kl(r_non, rp_non) if len(r_non) else None
     return res
 
 
@@ -611,17 +659,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval-split", default="valid", choices=("train", "valid", "test", "none"))
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    try:
+    try:  # everything the user passed is checked before any work starts
         cfg = build_config(args.variant, args.set)
         device = check_device(args.device)
-        summary = run(
-            args.data, args.out, cfg, device=device, resume=args.resume,
-            progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
-            eval_split=None if args.eval_split == "none" else args.eval_split,
-        )  # fmt: skip
-    except (ConfigError, ValueError, OSError) as e:
+        Dataset.open(args.data)
+        if (Path(args.out) / "checkpoint.pt").exists() and not args.resume:
+            raise ConfigError(f"{args.out} holds a run; pass --resume or choose another --out")
+    except (ConfigError, DatasetError) as e:
         print(f"mmrf: {e}", file=sys.stderr)
         return 2
+    summary = run(
+        args.data, args.out, cfg, device=device, resume=args.resume,
+        progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
+        eval_split=None if args.eval_split == "none" else args.eval_split,
+    )  # fmt: skip
     brief = {k: summary[k] for k in ("steps", "instances", "seconds", "instances_per_s")}
     brief["eval"] = summary.get("eval")
     print(json.dumps(brief, indent=2))
@@ -641,5 +692,6 @@ __all__ = [
     "evaluate_mmrf",
     "impression_outputs",
     "main",
+    "non_impression_model_outputs",
     "run",
 ]
