@@ -27,7 +27,7 @@ from training.drl.report import (
     train_prefix,
 )
 from training.drl.report import best_at as best_at_
-from training.drl.report.aggregate import paper_claims
+from training.drl.report.claims import paper_claims
 from training.drl.report.plan import RATIO_TOLERANCE
 from training.eval.metrics import rela_impr
 from training.harness.claims import SanityError

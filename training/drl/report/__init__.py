@@ -57,7 +57,8 @@ from typing import Any
 
 import torch
 
-from training.drl.report.aggregate import aggregate, best_at, compression_shape
+from training.drl.report.aggregate import aggregate
+from training.drl.report.claims import best_at, compression_shape
 from training.drl.report.plan import (
     ABLATIONS,
     GROUPS,

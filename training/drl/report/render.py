@@ -11,16 +11,21 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from training.data.pipeline import code_version
 from training.drl.report.aggregate import (
     aggregate,
-    findings,
     loss_sizes,
-    sanity_checks,
     table2_keys,
 )
+from training.drl.report.beyond import (
+    control_section,
+    diagnostics_section,
+    gap_section,
+    slate_truth_section,
+    timing_section,
+    variants_section,
+)
+from training.drl.report.claims import findings, sanity_checks
 from training.drl.report.plan import (
     ABLATIONS,
     LONG_TERM_OFF_KEYS,
@@ -31,16 +36,14 @@ from training.drl.report.plan import (
     build_plan,
     world_config,
 )
+from training.drl.report.plots import write_plots
 from training.harness.claims import failed_checks
 from training.harness.data import world_fingerprint
 from training.harness.render import (
-    chance_line,
     ci,
     findings_section,
-    mmss,
     num,
     pm,
-    reference_line,
     status,
 )
 from training.harness.runfolder import (
@@ -87,7 +90,7 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     plan = build_plan(cfg, seeds)
     agg = aggregate(cfg, seeds, runs_root, plan)
-    plots = _plots(agg, cfg, out)
+    plots = write_plots(agg, cfg, out)
     lines: list[str] = []
     w = lines.append
     seeds_s = ", ".join(map(str, seeds))
@@ -161,12 +164,12 @@ def build_report(
     _table4_section(w, agg, plots)
     _fig4_section(w, agg, cfg, plots)
     _table3_section(w, agg, cfg)
-    _slate_truth_section(w, agg)
-    _control_section(w, agg, cfg)
-    _variants_section(w, agg, cfg)
-    _gap_section(w, agg)
-    _diagnostics_section(w, agg, seeds)
-    _timing_section(w, agg, cfg, seeds, wall_seconds)
+    slate_truth_section(w, agg)
+    control_section(w, agg, cfg)
+    variants_section(w, agg, cfg)
+    gap_section(w, agg)
+    diagnostics_section(w, agg, seeds)
+    timing_section(w, agg, cfg, seeds, wall_seconds)
     w("## Configuration")
     w("")
     w("Report config:")
@@ -262,129 +265,6 @@ def _table2_section(w: Callable[[str], None], agg: Mapping[str, Any]) -> None:
             "the table's number)."
         )
         w("")
-
-
-def _variants_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: ReportConfig) -> None:
-    tau, hz = agg["tau"], agg["horizon"]
-    has_tau = not math.isnan(tau["student"][0])
-    if not has_tau and not hz.get("base") and not hz.get("control"):
-        return
-    w("## Variants beyond the paper: the KL temperature and a per-request discount")
-    w("")
-    w(
-        "Two findings of the runs above, each tested with one more run per seed. Neither changes "
-        "the headline configuration (METHODS.md: tau = 10, gamma per slot), and nothing here is "
-        "chosen on the test split: these rows say *why* two of the paper's effects are absent."
-    )
-    w("")
-    base_t = cfg.drl_config(0).temperature
-    if has_tau:
-        w(f"### The list-wise KL at tau = {tau['tau']:g}")
-        w("")
-        w("| run | student AUC | KL / TD (last window, mean over seeds) | Δ AUC vs no KL |")
-        w("|---|---:|---:|---:|")
-        kr = tau["kl_over_td"]
-        t4 = agg["table4"]
-        drl_auc = t4.get("drl", {}).get("auc")
-        w(f"| DRL-Rec, tau = {base_t:g} (`drl`) | {pm(drl_auc) if drl_auc else 'n/a'} | "
-          f"{_sci(kr.get('drl'))} | {ci(tau['drl_vs_no_kl'])} |")  # fmt: skip
-        tau_run = f"tau{tau['tau']:g}"
-        w(f"| DRL-Rec, tau = {tau['tau']:g} (`{tau_run}`) | {pm(tau['student'])} | "
-          f"{_sci(kr.get(tau_run))} | {ci(tau['vs_no_kl'])} |")  # fmt: skip
-        w("")
-        w(
-            f"tau = {tau['tau']:g} minus tau = {base_t:g}: {ci(tau['vs_drl'])} (paired, pooled "
-            "over seeds). With the tau^2 factor the KL is, for small differences, about half "
-            "the variance over the list of Q_teacher - Q_student whatever tau (tau only "
-            "reweights the list's items), so a smaller tau does not make the term larger; the "
-            "last column says whether distillation through it moves the student's AUC."
-        )
-        w("")
-    b, c = hz.get("base"), hz.get("control")
-    if b or c:
-        gamma = cfg.drl_config(0).gamma
-        k = world_config(cfg, agg["seeds"][0], "base").list_size
-        w("### Discounting per request instead of per slot")
-        w("")
-        w(
-            f'`DRLConfig.discount = "request"`: no discount between the slots of one request, '
-            f"gamma = {gamma:g} where the next state is the session's next request (terminal at "
-            "the session's end). Q(s_t, a) then values the rest of the list plus "
-            f"{gamma:g} x the next request's value, instead of weighing the next request by "
-            f"{gamma:g}^{k} = {gamma**k:.0e}. The leave hazard and cross-request fatigue act "
-            "exactly there. `request_gamma0` keeps the list's own future and drops the next "
-            "request: the pair isolates the cross-request term."
-        )
-        w("")
-        auc = hz.get("auc", {})
-        if auc:
-            w("| run | discount | gamma | student AUC |")
-            w("|---|---|---:|---:|")
-            for run, disc, g in (("drl", "slot", gamma), ("gamma0", "slot", 0.0),
-                                 ("request_gamma0.4", "request", 0.4),
-                                 ("request_gamma0", "request", 0.0)):  # fmt: skip
-                a = auc.get(run)
-                shown = pm(a) if a and not math.isnan(a[0]) else "n/a"
-                w(f"| `{run}` | {disc} | {g:g} | {shown} |")
-            if hz.get("auc_vs_drl"):
-                w("")
-                w(f"Offline, request_gamma0.4 minus drl (student): {ci(hz['auc_vs_drl'])}.")
-            w("")
-        for t, title in ((b, "full world"), (c, "long-term-off world (the control)")):
-            if not t:
-                continue
-            w(f"Online, {title}: seeds {', '.join(map(str, t['seeds']))}; relative ACN changes "
-              "paired per user, pooled over seeds.")  # fmt: skip
-            w("")
-            w("| comparison | ACN change |")
-            w("|---|---:|")
-            for who in ("student", "teacher"):
-                if who in t:
-                    verdict = ""
-                    if t is c:
-                        verdict = " (holds)" if t[who]["holds"] else " (violated)"
-                    w(f"| {who}: request gamma 0.4 vs request gamma 0 | "
-                      f"{ci(t[who], 2, True)}{verdict} |")  # fmt: skip
-            if "request_vs_slot" in t:
-                w(f"| student: request gamma 0.4 vs slot gamma 0.4 (the paper's) | "
-                  f"{ci(t['request_vs_slot'], 2, True)} |")  # fmt: skip
-            if "request0_vs_slot0" in t:
-                w(f"| student: request gamma 0 vs slot gamma 0 | "
-                  f"{ci(t['request0_vs_slot0'], 2, True)} |")  # fmt: skip
-            w("")
-            w("| arm | ACN | vs logging |")
-            w("|---|---:|---:|")
-            for a, r in t["acn"].items():
-                w(f"| {a} | {ci(r, 3).replace('+', '')} | {ci(t['vs_logging'][a], 2, True)} |")
-            w("")
-
-
-def _slate_truth_section(w: Callable[[str], None], agg: Mapping[str, Any]) -> None:
-    t = agg.get("slate_truth")
-    if not t:
-        return
-    w("### What the policies place: the first list of a session, by the world's truth")
-    w("")
-    w(
-        f"The same first requests of the test day (users of the online population; "
-        f"{', '.join(f'{n:,}' for n in t['requests'])} requests per seed) ranked by each policy, "
-        "the placed items scored by the world: click probability at their slot, mean "
-        "satisfaction logit (it drives the leave hazard after each request) and the share of "
-        "clickbait items (high appeal, low satisfaction). Mean ± std over seeds "
-        f"{', '.join(map(str, t['seeds']))}. Oracles are greedy on the truth: `click_oracle` on "
-        "the click probability, `long_term_oracle` on click + 0.1 satisfaction."
-    )
-    w("")
-    w("| policy | p(click) | satisfaction logit | clickbait share |")
-    w("|---|---:|---:|---:|")
-    for arm, r in t["rows"].items():
-        w(f"| {arm} | {pm(r['p_click'], 3)} | {pm(r['satisfaction'], 2)} | "
-          f"{pm(r['clickbait'], 3)} |")  # fmt: skip
-    w("")
-
-
-def _sci(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.1e}"
 
 
 def _table4_section(w: Callable[[str], None], agg: Mapping[str, Any], plots: Mapping) -> None:
@@ -557,202 +437,3 @@ def _table3_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: Repor
       "matrices dominate at this size. The paper's 76.7% 'computation' is closer to the "
       "measured-time ratio.")  # fmt: skip
     w("")
-
-
-def _control_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: ReportConfig) -> None:
-    w("## Negative control: future rewards without long-term mechanisms")
-    w("")
-    ctl = agg["control"]
-    if not ctl:
-        w("Not run.")
-        w("")
-        return
-    w(
-        "World: the same preset with drift, cross-request fatigue and the satisfaction-dependent "
-        "leave hazard switched off (`long_term_off`): nothing a ranking does now changes later "
-        "requests, so valuing future rewards (gamma 0.4) has nothing to gain over gamma 0. Both "
-        "DRL-Rec runs trained on that world's logs, compared online on its test day(s); relative "
-        f"change of ACN (paired per user, pooled over seeds {', '.join(map(str, ctl['seeds']))})."
-    )
-    w("")
-    w("| comparison | ACN change | verdict |")
-    w("|---|---:|---|")
-    for who in ("student", "teacher"):
-        r = ctl[who]
-        v = "holds (gamma 0.4 not better)" if r["holds"] else "violated (gamma 0.4 better)"
-        w(f"| {who}: gamma 0.4 vs gamma 0 | {ci(r, 2, True)} | {v} |")
-    on = agg["online"]
-    if on and "gamma_full_world" in on:
-        w(
-            f"| contrast, full world: student gamma 0.4 vs gamma 0 | "
-            f"{ci(on['gamma_full_world'], 2, True)} | (the same comparison with the mechanisms "
-            "on) |"
-        )
-    w("")
-    w("| arm (long-term-off world) | ACN |")
-    w("|---|---:|")
-    for arm, r in ctl["acn"].items():
-        w(f"| {arm} | {ci(r, 3).replace('+', '')} |")
-    w("")
-    gamma = cfg.drl_config(0).gamma
-    k = world_config(cfg, agg["seeds"][0], "base").list_size
-    w(
-        f"Horizon: gamma discounts per slot (the last slot's next state is the next request's "
-        f"first slot), so a reward one request ({k} slots) ahead weighs gamma^{k} = "
-        f"{gamma**k:.1e} and the effective horizon 1 / (1 - gamma) is {1 / (1 - gamma):.2g} slots. "
-        "The world's long-term mechanisms act across requests and sessions (the leave hazard "
-        "after each request, cross-request fatigue, drift between sessions), mostly beyond what "
-        "gamma 0.4 weighs; the contrast row shows how much it gains where they are on."
-    )
-    w("")
-
-
-def _gap_section(w: Callable[[str], None], agg: Mapping[str, Any]) -> None:
-    if not agg["gaps"]:
-        return
-    w("## Student minus teacher, per variant")
-    w("")
-    w(
-        "Paired AUC difference (student - teacher of the same run) in every DRL-Rec variant: "
-        "where the distilled student overtakes its teacher, and which switch moves the gap."
-    )
-    w("")
-    w("| run | student - teacher | seeds |")
-    w("|---|---:|---:|")
-    for g in agg["gaps"]:
-        w(f"| {g['run']} | {ci(g)} | {len(g['seeds'])} |")
-    w("")
-
-
-def _diagnostics_section(w: Callable[[str], None], agg: Mapping[str, Any], seeds: Sequence[int]):
-    w("## Training diagnostics (last logged window, first seed)")
-    w("")
-    s = seeds[0]
-    runs = agg["collected"][s]["runs"]
-    keys = ["losses/td_teacher", "losses/td_student", "losses/kl", "losses/hint",
-            "charts/confidence", "charts/q_teacher", "charts/q_student"]  # fmt: skip
-    w("| run | steps | " + " | ".join(k.split("/")[1] for k in keys) + " |")
-    w("|---|---:|" + "---:|" * len(keys))
-    for name, info in runs.items():
-        hist = info.get("history") or []
-        if not hist or "losses/td_teacher" not in hist[-1]:
-            continue
-        last = hist[-1]
-        w(f"| {name} | {info.get('steps', '')} | "
-          + " | ".join(f"{last.get(k, math.nan):.4g}" for k in keys) + " |")  # fmt: skip
-    w("")
-
-
-def _timing_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: ReportConfig,
-                    seeds: Sequence[int], wall: float | None) -> None:  # fmt: skip
-    w("## Timing")
-    w("")
-    tm = agg["timing"]
-    w(f"Seconds per run as recorded when it ran (torch on {cfg.threads} thread, device "
-      f"`{cfg.device}`; mean over the seeds that ran it):")  # fmt: skip
-    w("")
-    w("| run | train | eval | instances/s | seeds |")
-    w("|---|---:|---:|---:|---:|")
-    for name, r in tm["per_run"].items():
-        w(
-            f"| {name} | {mmss(np.mean(r['train']))} | {mmss(np.mean(r['eval']))} | "
-            f"{np.mean(r['ips']):,.0f} | {len(r['train'])} |"
-        )
-    w("")
-    w(
-        f"Total recorded compute (runs, online tests, datasets generated here): "
-        f"**{mmss(tm['total_seconds'])}**"
-        + (f"; wall clock of the command that wrote this report: {mmss(wall)}" if wall else "")
-        + "."
-    )
-    w("")
-
-
-def _chance_if_visible(ax: Any) -> None:
-    """The chance line (AUC 0.5) where the axis range shows it."""
-    lo, hi = ax.get_ylim()
-    if lo <= 0.5 <= hi:
-        chance_line(ax)
-
-
-def _plots(agg: Mapping[str, Any], cfg: ReportConfig, out: Path) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names: dict[str, str] = {}
-    # ---- ablations ----
-    t4 = agg["table4"]
-    rows = [("drl", "DRL-Rec")] + [(n, n.replace("no_", "- ")) for n in ABLATIONS]
-    rows = [(n, t) for n, t in rows if t4.get(n, {}).get("seeds")]
-    if rows:
-        fig, ax = plt.subplots(figsize=(8, 4))
-        m = np.array([t4[n]["auc"][0] for n, _ in rows])
-        sd = np.nan_to_num(np.array([t4[n]["auc"][1] for n, _ in rows]))  # 1 seed: no bar
-        x = np.arange(len(rows))
-        ax.bar(x, m, yerr=sd, capsize=3, color=["#d62728"] + ["#7f7f7f"] * (len(rows) - 1))
-        for xi, mi, si in zip(x, m, sd, strict=True):
-            ax.text(xi, mi + si, f"{mi:.4f}", ha="center", va="bottom", fontsize=7)
-        reference_line(ax, float(m[0]), f"full DRL-Rec ({m[0]:.4f})", color="#d62728")
-        pad = max(0.004, 0.15 * float(np.max(m + sd) - np.min(m - sd)))
-        ax.set_ylim(float(np.min(m - sd)) - pad, float(np.max(m + sd)) + pad)
-        _chance_if_visible(ax)
-        ax.legend(fontsize=8)
-        ax.set_xticks(x, [t for _, t in rows], rotation=25, ha="right")
-        ax.set_ylabel("student test AUC (mean ± std over seeds)")
-        ax.set_title("Table 4 analogue: ablations of DRL-Rec")
-        fig.tight_layout()
-        names["ablations"] = "ablations.png"
-        fig.savefig(out / names["ablations"], dpi=110)
-        plt.close(fig)
-
-    def line(ax: Any, rows: list[dict], xs: list[float], label_x: str, title: str) -> None:
-        st = np.array([r["student"][0] for r in rows], dtype=float)
-        ss = np.array([r["student"][1] for r in rows], dtype=float)
-        te = np.array([r["teacher"][0] for r in rows], dtype=float)
-        ok = ~np.isnan(st)
-        if not ok.any():
-            ax.set_title(title + " (not run)")
-            return
-        xa = np.asarray(xs, dtype=float)
-        ss = np.nan_to_num(ss)  # one seed: no error bar
-        ax.errorbar(xa[ok], st[ok], yerr=ss[ok], marker="o", color="#d62728", capsize=3,
-                    label="student (DRL-Rec)")  # fmt: skip
-        ax.plot(xa[ok], te[ok], ls="--", marker="x", color="#1f77b4", label="teacher")
-        for xi, yi in zip(xa[ok], st[ok], strict=True):
-            ax.annotate(f"{yi:.4f}", (xi, yi), textcoords="offset points", xytext=(0, 6),
-                        ha="center", fontsize=7)  # fmt: skip
-        ax.set_xlabel(label_x)
-        ax.set_ylabel("test AUC")
-        ax.set_title(title)
-        _chance_if_visible(ax)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-
-    sw = agg["sweeps"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    rows_c = sw["compression"]
-    line(ax, rows_c, [100 * r["value"] for r in rows_c], "compression rate (student / teacher, %)",
-         "Fig. 4a analogue: AUC vs compression rate")  # fmt: skip
-    ax.invert_xaxis()
-    fig.tight_layout()
-    names["fig4a"] = "fig4a_compression.png"
-    fig.savefig(out / names["fig4a"], dpi=110)
-    plt.close(fig)
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    rows_k = sw["n_filtered"]
-    line(a1, rows_k, [r["value"] for r in rows_k], "filtered exploration items (top-k)",
-         "Fig. 4b analogue: AUC vs filtered items")  # fmt: skip
-    a1.set_xticks([r["value"] for r in rows_k])
-    rows_e = sw["n_explore"]
-    line(a2, rows_e, [r["value"] for r in rows_e], "input exploration candidates",
-         "AUC vs input candidates")  # fmt: skip
-    a2.set_xscale("log")
-    a2.set_xticks([r["value"] for r in rows_e], [str(r["value"]) for r in rows_e])
-    fig.tight_layout()
-    names["fig4b"] = "fig4b_filtered.png"
-    fig.savefig(out / names["fig4b"], dpi=110)
-    plt.close(fig)
-    return names
