@@ -22,6 +22,7 @@ import torch
 
 from contract.schema import FEEDBACK
 from training.data.features import Requests, SideTables, candidate_ids, catalogue_ids
+from training.drl.networks import push
 
 
 @dataclass
@@ -218,3 +219,14 @@ def exploration_candidates(
     # only duplicates a lesson, so it is left in rather than checked per batch.
     mask = np.concatenate([free, np.ones(extra.shape, dtype=bool)], axis=1)
     return ids, mask
+
+
+def next_buffer(enc: torch.Tensor, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next state's window: the instance's window with its own impression pushed in.
+
+    ``enc (U, E')``: one row per distinct impression of the batch (encodings, or their GRU
+    projections); returns ``buffer (B, m, E')`` and ``mask (B, m)``, as
+    :func:`training.drl.networks.push` of ``enc[cur_index]`` onto ``enc[hist_index]``. The
+    same step serving takes after placing an item.
+    """
+    return push(enc[b.hist_index], b.hist_mask, enc[b.cur_index])

@@ -24,8 +24,8 @@ One step, for a batch of real instances (METHODS.md, "DRL-Rec"):
 6. ``L = 2 L_T + 2 L_S + L_KL + L_Hint``; the teacher gets gradient only from ``L_T``.
 
 ``DRLRec.forward`` only composes small functions, each tested on worked numbers: the next
-state (:func:`training.drl.batches.next_state`, :func:`next_buffer`), the target
-(:func:`~training.drl.losses.double_dqn_target`), the confidence, the filtering
+state (:func:`~training.drl.batches.next_state`, :func:`~training.drl.batches.next_buffer`),
+the target (:func:`~training.drl.losses.double_dqn_target`), the confidence, the filtering
 (:func:`~training.drl.losses.filter_lessons`), the lessons' weights
 (:func:`~training.drl.losses.lesson_weights`) and the losses of :mod:`training.drl.losses`.
 
@@ -54,7 +54,7 @@ from torch import nn
 from contract.features import DEFAULT_SPEC
 from training.data.features import Requests, SideTables, build_requests
 from training.data.pipeline import Dataset, iter_session_batches, shard_for_rank
-from training.drl.batches import Batch, history, make_batch, request_order
+from training.drl.batches import Batch, history, make_batch, next_buffer, request_order
 from training.drl.losses import (
     DistillLosses,
     combine,
@@ -67,7 +67,7 @@ from training.drl.losses import (
     make_hint_adapter,
     td_loss,
 )
-from training.drl.networks import QNetConfig, QNetwork, push
+from training.drl.networks import QNetConfig, QNetwork
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,7 @@ class DRLRec(nn.Module):
         """Double-DQN target: the online net picks the next action, the target net values it.
 
         The next state's buffer is the instance's window with its own impression pushed in
-        (:func:`next_buffer`); its candidates and mask come from the batch
+        (:func:`training.drl.batches.next_buffer`); its candidates and mask come from the batch
         (:func:`training.drl.batches.next_state`)."""
         per_request = self.cfg.discount == "request"
         if self.cfg.gamma == 0 and not per_request:
@@ -255,17 +255,6 @@ class DRLRec(nn.Module):
         if per_request:
             gamma = torch.where(b.same_request, 1.0, self.cfg.gamma).to(b.reward.dtype)
         return double_dqn_target(b.reward, b.done, gamma, q_on, q_tg, b.next_mask)
-
-
-def next_buffer(enc: torch.Tensor, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """The next state's window: the instance's window with its own impression pushed in.
-
-    ``enc (U, E')``: one row per distinct impression of the batch (encodings, or their GRU
-    projections); returns ``buffer (B, m, E')`` and ``mask (B, m)``, as
-    :func:`training.drl.networks.push` of ``enc[cur_index]`` onto ``enc[hist_index]``. The
-    same step serving takes after placing an item.
-    """
-    return push(enc[b.hist_index], b.hist_mask, enc[b.cur_index])
 
 
 def stream_rng(seed: int) -> np.random.Generator:
