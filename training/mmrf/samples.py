@@ -224,4 +224,7 @@ class SimulatedBuffer:
         self.capacity = int(sd["capacity"])
         self.size = int(sd["size"])
         self.pos = int(sd["pos"])
-        self.data = None if sd["data"] is None else Transitions(**sd["data"])
+        # A checkpoint loaded with map_location on a GPU brings the contents there; D^M lives
+        # on the CPU (add() writes CPU rows into it).
+        data = sd["data"]
+        self.data = None if data is None else Transitions(**{k: v.cpu() for k, v in data.items()})

@@ -493,7 +493,7 @@ def impression_outputs(
     model.eval()
     dev = trainer.device
     n_uc = req.user_ctx.shape[1]
-    out = {k: [] for k in ("scores", "model_r", "model_r_prime")}
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("scores", "model_r", "model_r_prime")}
     for lo in range(0, req.n_impressions, batch):
         g = np.arange(lo, min(lo + batch, req.n_impressions))
         hist, mask = history(req, g, m)
@@ -566,8 +566,8 @@ def evaluate_mmrf(trainer: MMRFTrainer, dataset: Dataset, split: str = "valid") 
 
     req = build_requests(dataset.read(split), trainer.side)
     o = impression_outputs(trainer, req)
-    fb = model_scale(torch.from_numpy(req.feedback[req.imp_req, req.imp_slot]), trainer.scale)
-    fb = fb.numpy()
+    logged = torch.from_numpy(req.feedback[req.imp_req, req.imp_slot])
+    fb = model_scale(logged, trainer.scale).numpy()
     users = req.user_id[req.imp_req]
     res: dict[str, Any] = {"impressions": int(req.n_impressions)}
     for i, a in enumerate(ASPECTS):
