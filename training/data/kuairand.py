@@ -5,7 +5,8 @@ KuaiRand (Gao et al., CIKM 2022) ships ``log_standard_*.csv`` (the normal feed) 
 with one row per exposed video and no request ids or positions. This module rebuilds the
 structure the contract (:mod:`contract.schema`) asks for and writes a dataset through
 :class:`training.data.pipeline.DatasetBuilder` (atomic: a failed conversion leaves nothing
-under the output name).
+under the output name). The rows are built by ``contract.schema.log_table`` (:func:`log_rows`),
+the row builder the simulator and the service write with.
 
 Sessions, requests, positions
     A session is one user's rows within one ``date``, ordered by ``time_ms`` (ties by
@@ -78,6 +79,7 @@ from contract.schema import (
     LOG_SCHEMA,
     USER_TABLE_SCHEMA,
     LogValidationError,
+    log_table,
 )
 from training.data.pipeline import DatasetBuilder
 from training.sim.config import ConfigError
@@ -451,27 +453,59 @@ def convert_day(
     session_id = first_session_id + rank[s_no]
     out = np.argsort(session_id, kind="stable")
 
-    session_id = session_id[out]
-    request_index = request_index[out]
-    rand_o = rand[out].astype(np.int8)
-    cols: dict[str, Any] = {
-        "request_id": session_id * MAX_REQUESTS_PER_SESSION + request_index,
-        "session_id": session_id,
+    rows = {
+        "session_id": session_id[out],
+        "request_index": request_index[out],
         "user_id": user[out],
         "timestamp": t[out],
-        "request_index": request_index.astype(np.int32),
-        "position": position[out].astype(np.int16),
+        "position": position[out],
         "item_id": vid[out],
-        "arm": pa.DictionaryArray.from_arrays(rand_o, [ARM_STANDARD, ARM_RANDOM]).cast(pa.string()),
-        "model_version": pa.DictionaryArray.from_arrays(
-            np.zeros(n, dtype=np.int8), [MODEL_VERSION]
-        ).cast(pa.string()),
-        "propensity": np.full(n, PROPENSITY_PLACEHOLDER),
+        "is_rand": rand[out],
+        **{name: c[name][out] for name in (*FEEDBACK_MAP.values(), "watch_time")},
     }
-    for name in FEEDBACK_MAP.values():
-        cols[name] = c[name][out].astype(np.int8)
-    cols["watch_time"] = c["watch_time"][out].astype(np.float32)
-    return pa.table(cols, schema=LOG_SCHEMA), n_sessions
+    return log_rows(rows), n_sessions
+
+
+def log_rows(rows: dict[str, np.ndarray]) -> pa.Table:
+    """Impression-log rows through the contract's one row builder, ``contract.schema.log_table``.
+
+    ``rows``: ``(n,)`` per-row arrays in output order (requests contiguous, positions ``0, 1,
+    ...`` within each): ``session_id``, ``request_index``, ``user_id``, ``timestamp``,
+    ``position``, ``item_id``, ``is_rand`` and the feedback columns. ``log_table`` takes
+    requests of one arm and one length per call (every KuaiRand row is an impression, so a
+    request of ``L`` rows is ``L`` shown slots and no non-impressions): one call per (arm,
+    length), the rows put back in order afterwards. ``timestamp`` is then set per row:
+    KuaiRand keeps each row's own exposure time, where ``log_table`` writes the request's
+    (its position-0 row's).
+    """
+    n = len(rows["item_id"])
+    if n == 0:
+        return LOG_SCHEMA.empty_table()
+    starts = np.flatnonzero(rows["position"] == 0)
+    lengths = np.diff(np.r_[starts, n])
+    arm = rows["is_rand"][starts]
+    pieces, order = [], []
+    for a, arm_name in enumerate((ARM_STANDARD, ARM_RANDOM)):
+        for length in np.unique(lengths[arm == a]):
+            first = starts[(arm == a) & (lengths == length)]
+            at = first[:, None] + np.arange(length)  # (R, L) rows of these requests
+            sid, k = rows["session_id"][first], rows["request_index"][first]
+            cols = {
+                "request_id": sid * MAX_REQUESTS_PER_SESSION + k,
+                "session_id": sid,
+                "user_id": rows["user_id"][first],
+                "timestamp": rows["timestamp"][first],
+                "request_index": k.astype(np.int32),
+                "item_id": rows["item_id"][at],
+                "propensity": np.full(at.shape, PROPENSITY_PLACEHOLDER),
+                **{f: rows[f][at].astype(np.int8) for f in FEEDBACK_MAP.values()},
+                "watch_time": rows["watch_time"][at].astype(np.float32),
+            }
+            pieces.append(log_table(cols, arm_name, MODEL_VERSION))
+            order.append(at.ravel())
+    table = pa.concat_tables(pieces).take(np.argsort(np.concatenate(order)))
+    ts = LOG_SCHEMA.get_field_index("timestamp")
+    return table.set_column(ts, LOG_SCHEMA.field(ts), pa.array(rows["timestamp"], pa.int64()))
 
 
 def _session_pieces(table: pa.Table, rows: int) -> list[pa.Table]:
