@@ -10,6 +10,7 @@ through a temporary control folder unless ``RANKER_CONTROL_DIR`` is set (service
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import socket
 import sys
@@ -32,11 +33,14 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     return s
 
 
-def _nodelay_protocol() -> type:
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+def _nodelay_protocol(base_name: str) -> type:
+    if base_name == "httptools":
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
 
-    class NoDelay(H11Protocol):
-        """uvicorn's h11 protocol with Nagle's algorithm off on every connection.
+    class NoDelay(base):  # type: ignore[misc,valid-type]
+        """uvicorn's HTTP protocol with Nagle's algorithm off on every connection.
 
         With ``--workers N > 1`` uvicorn binds the listening socket itself with ``proto`` 0,
         and asyncio sets ``TCP_NODELAY`` only on sockets whose ``proto`` is TCP; with Nagle
@@ -51,6 +55,7 @@ def _nodelay_protocol() -> type:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             super().connection_made(transport)
 
+    NoDelay.__name__ = NoDelay.__qualname__ = f"NoDelay{base.__name__}"
     return NoDelay
 
 
@@ -58,8 +63,22 @@ def __getattr__(name: str) -> type:
     # uvicorn imports the protocol by name in every worker: built lazily so that importing
     # this module (for --help) does not import uvicorn.
     if name == "NoDelayH11Protocol":
-        return _nodelay_protocol()
+        return _nodelay_protocol("h11")
+    if name == "NoDelayHttpToolsProtocol":
+        return _nodelay_protocol("httptools")
     raise AttributeError(name)
+
+
+def http_implementation(requested: str) -> str:
+    """The HTTP parser ``ranker serve`` runs: ``requested`` ("h11" or "httptools"), or for
+    "auto" httptools when it is installed (the ``serve`` extra installs it) and h11 else.
+    Raises ValueError for "httptools" when it is not installed."""
+    have = importlib.util.find_spec("httptools") is not None
+    if requested == "auto":
+        return "httptools" if have else "h11"
+    if requested == "httptools" and not have:
+        raise ValueError("http='httptools' but httptools is not installed (pip install httptools)")
+    return requested
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -92,9 +111,15 @@ def serve(args: argparse.Namespace) -> int:
     if settings.workers > 1 and settings.control_dir is None:
         # Admin changes reach every worker through a shared folder (service.control).
         os.environ["RANKER_CONTROL_DIR"] = tempfile.mkdtemp(prefix="ranker-control-")
+    try:
+        http = http_implementation(settings.http)
+    except ValueError as e:
+        print(f"ranker serve: error: {e}", file=sys.stderr)
+        return 2
+    protocol = {"h11": "NoDelayH11Protocol", "httptools": "NoDelayHttpToolsProtocol"}[http]
     uvicorn.run("service.app:app_from_env", factory=True, host=settings.host,
                 port=settings.port, workers=settings.workers, log_level="info",
-                http="service.cli:NoDelayH11Protocol")  # fmt: skip
+                http=f"service.cli:{protocol}", loop=settings.loop)  # fmt: skip
     return 0
 
 

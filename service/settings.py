@@ -12,6 +12,7 @@ store (in-process or Redis), the exposure log.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +54,16 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `ranker serve` binds.")
     port: int = Field(8000, ge=0, le=65535, description="Port `ranker serve` binds.")
     workers: int = Field(1, ge=1, description="Uvicorn worker processes of `ranker serve`.")
+    http: Literal["auto", "h11", "httptools"] = Field(
+        "auto",
+        description="HTTP parser of `ranker serve`: auto is httptools when installed (the "
+        "serve extra installs it), else h11.",
+    )
+    loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto",
+        description="Event loop of `ranker serve` (uvicorn's choice): auto is uvloop when "
+        "installed (the serve extra installs it), else asyncio.",
+    )
     control_dir: Path | None = Field(
         None,
         description="Folder the workers share for admin changes (reload, experiment): each "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from fastapi.testclient import TestClient
 
 from contract.schema import validate_log_file
@@ -45,7 +46,8 @@ def test_join_logs_on_a_folder_without_logs_is_a_one_line_error(tmp_path, capsys
     assert capsys.readouterr().err.startswith("ranker join-logs: error:")
 
 
-def test_served_connections_have_nagle_off_whatever_the_worker_count():
+@pytest.mark.parametrize("protocol", ["NoDelayH11Protocol", "NoDelayHttpToolsProtocol"])
+def test_served_connections_have_nagle_off_whatever_the_worker_count(protocol: str):
     """uvicorn's multi-worker listener leaves TCP_NODELAY off (each keep-alive request then
     waits ~40 ms for a delayed ACK); the protocol `ranker serve` uses turns it on."""
     import asyncio
@@ -54,7 +56,11 @@ def test_served_connections_have_nagle_off_whatever_the_worker_count():
     from uvicorn.config import Config
     from uvicorn.server import ServerState
 
-    from service.cli import NoDelayH11Protocol
+    import service.cli
+
+    if protocol == "NoDelayHttpToolsProtocol":
+        pytest.importorskip("httptools", reason="httptools is not installed (serve extra)")
+    cls = getattr(service.cli, protocol)
 
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0)  # proto 0, as uvicorn's
     listener.bind(("127.0.0.1", 0))
@@ -75,10 +81,29 @@ def test_served_connections_have_nagle_off_whatever_the_worker_count():
     async def run():
         cfg = Config(app=lambda *a: None)
         cfg.load()
-        proto = NoDelayH11Protocol(config=cfg, server_state=ServerState(), app_state={})
+        proto = cls(config=cfg, server_state=ServerState(), app_state={})
         proto.connection_made(Transport())
 
     asyncio.run(run())
     assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     for s in (client, conn, listener):
         s.close()
+
+
+def test_http_auto_picks_httptools_when_installed_and_refuses_a_missing_one(monkeypatch):
+    import importlib.util
+
+    from service.cli import http_implementation
+
+    real = importlib.util.find_spec
+
+    def without_httptools(name, *a):
+        return None if name == "httptools" else real(name, *a)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_httptools)
+    assert http_implementation("auto") == "h11"
+    with pytest.raises(ValueError, match="httptools is not installed"):
+        http_implementation("httptools")
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    want = "httptools" if real("httptools") is not None else "h11"
+    assert http_implementation("auto") == want and http_implementation("h11") == "h11"
