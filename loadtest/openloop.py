@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import math
 import os
@@ -315,8 +316,11 @@ class _Conn(asyncio.Protocol):
 
 class RawClient:
     """A pool of up to ``max_connections`` keep-alive connections to ``host:port``, opened on
-    demand, reused last-in first-out; a connection idle for ``idle_s`` (below uvicorn's 5 s
-    keep-alive) is closed rather than reused."""
+    demand, reused first-in first-out (round-robin over the idle ones), so requests spread
+    over every open connection, and so over the server's workers, as many clients' traffic
+    does (last-in first-out sent most of a low rate down one connection: one worker busy, the
+    other idle); a connection idle for ``idle_s`` (below uvicorn's 5 s keep-alive) is closed
+    rather than reused."""
 
     name = "raw"
 
@@ -326,7 +330,7 @@ class RawClient:
         self.host, self.port = host, port
         self.max_connections = max_connections
         self.idle_s = idle_s
-        self._idle: list[_Conn] = []
+        self._idle: collections.deque[_Conn] = collections.deque()
         self._open = 0
         self._waiters: list[asyncio.Future] = []
         self.opened = 0
@@ -334,7 +338,7 @@ class RawClient:
     async def _acquire(self) -> _Conn:
         loop = asyncio.get_running_loop()
         while self._idle:
-            conn = self._idle.pop()
+            conn = self._idle.popleft()
             if not conn.closed and conn.reusable and loop.time() - conn.idle_since < self.idle_s:
                 return conn
             conn.close()
@@ -1193,6 +1197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "feedback": args.feedback,
         "timeout_s": args.timeout,
         "client": args.client,
+        "connection_reuse": "fifo" if args.client == "raw" else "httpx pool",
         "connections": args.connections,
         "duration_s": args.duration,
         "saturation_rule": f"errors > 0, achieved < 0.95 x offered, or p99 > "
