@@ -104,8 +104,6 @@ class _SlotRanker:
     temperature: float
     seed: int
     features: OnlineFeatures
-    last_scores: np.ndarray
-    """``(B, K)`` float32: the score of each item of the last ranked slates, at its slot."""
 
     def __init__(self, side: SideTables, temperature: float, seed: int) -> None:
         self.features = OnlineFeatures(side)
@@ -128,7 +126,6 @@ class _SlotRanker:
         rows = np.arange(b)
         placed = np.zeros((b, c), dtype=bool)
         slate = np.empty((b, k), dtype=np.int64)
-        chosen = np.empty((b, k), dtype=np.float32)
         for t in range(k):
             cand12 = OnlineFeatures.cand_ids(x, t, x.tags[rows[:, None], slate[:, :t]],
                                              x.authors[rows[:, None], slate[:, :t]])  # fmt: skip
@@ -138,10 +135,8 @@ class _SlotRanker:
                 u = uniform(self.seed, Stream.POLICY, obs.users, obs.day, obs.request_index, t)
             j = _pick(scores, placed, self.temperature, u)
             slate[:, t] = j
-            chosen[:, t] = scores[rows, j]
             placed[rows, j] = True
             self._placed(obs, x, np.concatenate([x.user_ctx, cand12[rows, j]], axis=1))
-        self.last_scores = chosen
         return slate
 
 
@@ -286,7 +281,6 @@ class BundlePolicy:
                             obs.candidate_ids, k, self.exploration, self.rng)  # fmt: skip
         for sid, st in zip(obs.session_id.tolist(), lists.states, strict=True):
             self._states[sid] = st
-        self.last_scores = lists.scores  # (B, K) float32, as the torch policies' last_scores
         return lists.index
 
     def observe_feedback(self, obs: Observation, slate: np.ndarray, feedback: Feedback) -> None:
