@@ -182,3 +182,9 @@ def test_cli_help_and_bad_settings(data, tmp_path, capsys):
     assert main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
     assert "dataset.json" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_feedback_model_does_not_depend_on_the_agents_architecture(data):
+    a, b = _trainer(data), _trainer(data, collaboration="concat", action_dim=6)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)

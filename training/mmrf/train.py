@@ -296,9 +296,12 @@ class MMRFTrainer(Checkpointed):
         self.scale = scale
         self.device = torch.device(device)
         net_cfg = cfg.net()
+        # Separate seeds: M's initialisation does not depend on the agents' architecture, so
+        # MMRF and MMRF-CO of one seed train the same M on the same batches.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.net = MultiAgentActorCritic(net_cfg).to(self.device)
+            torch.manual_seed(cfg.seed + 1)
             self.model = FeedbackModel(net_cfg).to(self.device)
         self.target = copy.deepcopy(self.net).requires_grad_(False)
         self.critic_opt = torch.optim.Adam(self.net.critic_parameters(), lr=cfg.critic_lr)
@@ -561,7 +564,8 @@ def evaluate_mmrf(trainer: MMRFTrainer, dataset: Dataset, split: str = "valid") 
     correlation with model-scale watch time; M's AUC per binary aspect and its watch-time MSE;
     M's uncertainty (the Bernoulli KL of Eq. 6, mean over aspects) on the impressions and on
     the non-impressed candidates (:func:`non_impression_model_outputs`), which were never
-    trained on. An undefined figure (an aspect with one class in the split) is ``None``."""
+    trained on. M's figures only where M trains (not MMRF-DA, -NS). An undefined figure (an
+    aspect with one class in the split) is ``None``."""
     from training.eval.metrics import auc, gauc
 
     req = build_requests(dataset.read(split), trainer.side)
@@ -575,9 +579,12 @@ def evaluate_mmrf(trainer: MMRFTrainer, dataset: Dataset, split: str = "valid") 
             continue
         res[f"main_gauc_{a}"] = _or_none(gauc, users, fb[:, i], o["scores"][:, -1])
         res[f"agent_gauc_{a}"] = _or_none(gauc, users, fb[:, i], o["scores"][:, i])
-        res[f"model_auc_{a}"] = _or_none(auc, fb[:, i], o["model_r"][:, i])
+        if trainer.uses_model:
+            res[f"model_auc_{a}"] = _or_none(auc, fb[:, i], o["model_r"][:, i])
     wt = ASPECTS.index("watch_time")
     res["main_corr_watch_time"] = float(np.corrcoef(o["scores"][:, -1], fb[:, wt])[0, 1])
+    if not trainer.uses_model:  # MMRF-DA and -NS never train M: no figures of it
+        return res
     res["model_mse_watch_time"] = float(np.mean((o["model_r"][:, wt] - fb[:, wt]) ** 2))
 
     def mean_kl(r: np.ndarray, rp: np.ndarray) -> float:
