@@ -88,6 +88,19 @@ from training.mmrf.samples import (
     real_transitions,
 )
 
+__all__ = [
+    "MMRFConfig",
+    "MMRFTrainer",
+    "VARIANTS",
+    "build_config",
+    "eq4_actor_loss",
+    "evaluate_mmrf",
+    "impression_outputs",
+    "main",
+    "non_impression_model_outputs",
+    "run",
+]
+
 NON_IMPRESSIONS = ("model", "constant", "none")
 
 
@@ -688,17 +701,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-__all__ = [
-    "MMRFConfig",
-    "MMRFTrainer",
-    "VARIANTS",
-    "build_config",
-    "eq4_actor_loss",
-    "evaluate_mmrf",
-    "impression_outputs",
-    "main",
-    "non_impression_model_outputs",
-    "run",
-]
