@@ -50,9 +50,9 @@ from training.data.features import SideTables
 from training.data.pipeline import Dataset, code_version
 from training.drl.networks import param_count
 from training.drl.report import online_population
-from training.eval.baselines_run import split_days
 from training.eval.online import OnlineResult, run_online
 from training.eval.policies import BundlePolicy, PointwisePolicy, QPolicy
+from training.harness.data import split_days
 from training.sim.config import WorldConfig
 from training.sim.env import Feedback, Observation
 from training.sim.logging_policy import LoggingPolicy

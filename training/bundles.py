@@ -81,7 +81,7 @@ def load_wide_deep(path: str | Path) -> tuple[WideDeep, dict[str, Any]]:
 
 
 def _weighted_xyw(ds: Dataset, side: SideTables, split: str, n: int, seed: int):
-    from training.eval.baselines_run import mmrf_weights, read_sample
+    from training.eval.samples import mmrf_weights, read_sample
 
     key = "session_id" if split == "train" else "user_id"
     s = read_sample(ds, split, side, n, seed, key)

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from training.eval.baselines_run import split_days
 from training.eval.ceiling import click_ceiling
+from training.harness.data import split_days
 from training.sim.config import preset
 
 

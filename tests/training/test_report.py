@@ -18,19 +18,19 @@ from training.data.pipeline import Dataset
 from training.eval.baselines_run import (
     ALL_MODELS,
     EvalConfig,
-    ShortlistPolicy,
-    bc_rows,
     check_run_dir,
     eval_preset,
-    logged_slates,
-    logged_slot_scores,
-    mmrf_weights,
-    ncis_estimate,
-    slate_log_prob_from_scores,
     world_config,
 )
 from training.eval.policies import PointwisePolicy, slate_log_prob_pointwise
 from training.eval.report import run_report
+from training.eval.samples import bc_rows, logged_slates, mmrf_weights
+from training.eval.slates import (
+    ShortlistPolicy,
+    logged_slot_scores,
+    ncis_estimate,
+    slate_log_prob_from_scores,
+)
 from training.sim.config import ConfigError
 from training.sim.env import Env
 from training.sim.world import build_world

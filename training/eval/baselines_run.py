@@ -52,26 +52,45 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 
 from contract.features import DEFAULT_SPEC
 from contract.schema import FEEDBACK
 from training.baselines.pointwise import predict, seeded_build_model, train_pointwise
-from training.data.features import Requests, SideTables, build_requests, candidate_ids
+from training.data.features import SideTables
 from training.data.pipeline import Dataset, code_version
-from training.eval.metrics import auc, bootstrap_ci, gauc, ncis
+from training.eval.metrics import auc, gauc
 from training.eval.online import OnlineResult, run_online
-from training.eval.policies import OnlineFeatures, PointwisePolicy, RequestInputs
+from training.eval.policies import PointwisePolicy
+from training.eval.samples import (
+    NCIS_TEST_STREAM,
+    NCIS_VALID_STREAM,
+    Sample,
+    feedback_dict,
+    logged_slates,
+    mmrf_weights,
+    read_requests,
+    read_sample,
+)
+from training.eval.slates import (
+    Chunked,
+    ShortlistPolicy,
+    behaviour_log_prob,
+    choose_temperature,
+    compare,
+    ess,
+    logged_slot_scores,
+    ncis_estimate,
+    online_clicks_per_request,
+    slate_log_prob_from_scores,
+)
 from training.harness.arms import reference_arms
 from training.harness.config import apply_overrides, pick
 from training.harness.data import (
@@ -79,37 +98,22 @@ from training.harness.data import (
     dataset_dir,
     ensure_dataset,
     online_population,
-    read_share,
-    sample_fraction,
     split_days,
     split_impressions,
     world_fingerprint,
 )
 from training.harness.runfolder import cached, jsonable, read_json, write_json
 from training.sim.config import ConfigError, WorldConfig, preset
-from training.sim.env import Env, Observation
+from training.sim.env import Env
 from training.sim.world import build_world
 
 __all__ = [
     "ALL_MODELS",
     "EVAL_PRESETS",
-    "MMRF_WEIGHTS",
-    "WATCH_NORM_S",
     "EvalConfig",
-    "ShortlistPolicy",
-    "bc_rows",
-    "choose_temperature",
+    "check_run_dir",
     "eval_preset",
-    "logged_slates",
-    "logged_slot_scores",
-    "mmrf_weights",
-    "ncis_estimate",
-    "online_clicks_per_request",
-    "read_requests",
-    "read_sample",
     "run_seed",
-    "slate_log_prob_from_scores",
-    "split_days",
     "world_config",
 ]
 
@@ -127,30 +131,6 @@ ALL_MODELS: dict[str, tuple[str, str]] = {
     "bc": ("deepfm", "bc"),
 }
 
-#: MMRF-style sample weights: ``w = max(0, 1 + sum_a MMRF_WEIGHTS[a] * x_a)`` with
-#: ``x_watch_time = min(watch_time / WATCH_NORM_S, 1)`` and ``hate`` entering negatively.
-#: The rarer and stronger the signal, the larger its weight (follow > comment > like); a long
-#: view and the watched share of a minute add up to one unit; a hate takes half a unit away.
-MMRF_WEIGHTS: dict[str, float] = {
-    "like": 1.0,
-    "follow": 2.0,
-    "comment": 1.5,
-    "long_view": 0.5,
-    "watch_time": 0.5,
-    "hate": -0.5,
-}
-#: Watch seconds that count as a full unit in :func:`mmrf_weights`.
-WATCH_NORM_S = 60.0
-#: Candidate NCIS caps, as quantiles of the valid importance ratios, tried from the top.
-CAP_QUANTILES = (1.0, 0.999, 0.995, 0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.5)
-
-#: The long-term oracle's reward (as in tests/training/test_online.py): the myopic click oracle
-#: favours clickbait, whose low satisfaction cuts sessions short, so it is not the upper
-#: reference for clicks per *user*; valuing satisfaction too is.
-
-# Streams of the harness's own hashed draws (far from the world's, see training.sim.rng).
-_S_TRAIN, _S_VALID, _S_TEST, _S_NCIS_VALID, _S_NCIS_TEST = 7001, 7002, 7003, 7004, 7005
-_SPLIT_STREAM = {"train": _S_TRAIN, "valid": _S_VALID, "test": _S_TEST}
 ARTIFACT_VERSION = 1
 
 
@@ -289,404 +269,6 @@ def world_config(cfg: EvalConfig, seed: int) -> WorldConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# labels and rows
-# --------------------------------------------------------------------------------------------
-
-
-def mmrf_weights(feedback: Mapping[str, np.ndarray]) -> np.ndarray:
-    """MMRF-style sample weights of impressions from their feedback aspects.
-
-    ``w = max(0, 1 + 1.0 like + 2.0 follow + 1.5 comment + 0.5 long_view
-    + 0.5 min(watch_time / 60 s, 1) - 0.5 hate)`` (weights: :data:`MMRF_WEIGHTS`).
-
-    Args:
-        feedback: aspect -> ``(G,)`` values for ``like``, ``follow``, ``comment``,
-            ``long_view``, ``hate`` (0/1) and ``watch_time`` (seconds).
-    Returns:
-        ``(G,)`` float64 non-negative weights.
-    """
-    missing = [a for a in MMRF_WEIGHTS if a not in feedback]
-    if missing:
-        raise ValueError(f"feedback lacks aspects {missing}")
-    w = np.ones(np.asarray(feedback["like"]).shape, dtype=np.float64)
-    for name, coef in MMRF_WEIGHTS.items():
-        x = np.asarray(feedback[name], dtype=np.float64)
-        if name == "watch_time":
-            x = np.minimum(np.maximum(x, 0.0) / WATCH_NORM_S, 1.0)
-        w += coef * x
-    return np.maximum(w, 0.0)
-
-
-def _feedback_dict(fb: np.ndarray) -> dict[str, np.ndarray]:
-    return {name: fb[:, j] for j, name in enumerate(FEEDBACK)}
-
-
-def bc_rows(
-    req: Requests, n_neg: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Behaviour-cloning rows of logged requests: impressed = 1, non-impressed = 0.
-
-    Positives: every impression with its own ids (slot and logged prefix). Negatives: per
-    request, ``n_neg`` non-impressed candidates drawn uniformly with replacement, each placed
-    at a uniformly drawn slot ``t`` of the shown list (list ids from the logged prefix before
-    ``t``), weighted ``(n_cand - n_shown) / n_neg`` so that the loss is that of *all* logged
-    candidates in expectation.
-
-    Returns ``(x (N, 22), y (N,), w (N,))``.
-    """
-    x_pos = req.imp_ids
-    ok = np.flatnonzero((req.n_cand > req.n_shown) & (req.n_shown > 0))
-    if n_neg == 0 or ok.size == 0:
-        n = x_pos.shape[0]
-        return x_pos, np.ones(n, np.float32), np.ones(n, np.float64)
-    r = np.repeat(ok, n_neg)
-    n_other = req.n_cand[r] - req.n_shown[r]
-    col = req.n_shown[r] + np.floor(rng.random(r.size) * n_other).astype(np.int64)
-    t = np.floor(rng.random(r.size) * req.n_shown[r]).astype(np.int64)
-    ids12 = candidate_ids(req, r, t, cols=col[:, None])[:, 0]
-    x_neg = np.concatenate([req.user_ctx[r], ids12], axis=1).astype(np.int64)
-    x = np.concatenate([x_pos, x_neg])
-    y = np.r_[np.ones(x_pos.shape[0]), np.zeros(x_neg.shape[0])].astype(np.float32)
-    w = np.r_[np.ones(x_pos.shape[0]), n_other / n_neg].astype(np.float64)
-    return x, y, w
-
-
-# --------------------------------------------------------------------------------------------
-# reading samples of a split
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Sample:
-    """Impression arrays of a split sample (and BC rows when asked for)."""
-
-    x: np.ndarray  # (G, 22) int64
-    feedback: np.ndarray  # (G, 7) float32, FEEDBACK order
-    user: np.ndarray  # (G,)
-    bc_x: np.ndarray | None = None
-    bc_y: np.ndarray | None = None
-    bc_w: np.ndarray | None = None
-
-    @property
-    def click(self) -> np.ndarray:
-        return self.feedback[:, FEEDBACK.index("click")]
-
-    @property
-    def n(self) -> int:
-        return int(self.x.shape[0])
-
-
-def read_sample(
-    ds: Dataset,
-    split: str,
-    side: SideTables,
-    budget: int,
-    seed: int,
-    key: str,
-    bc_negatives: int = 0,
-    list_size: int | None = None,
-) -> Sample:
-    """Impressions of a random share of ``split``'s sessions or users, shard by shard.
-
-    ``key`` is ``"session_id"`` or ``"user_id"``: which rows are kept together. The share is
-    ``budget / impressions of the split`` (all for ``budget = 0``), drawn by hashing the key
-    with ``seed``, so it is the same on every run.
-    """
-    frac = sample_fraction(budget, split_impressions(ds, split))
-    rng = np.random.default_rng([seed, _SPLIT_STREAM[split]])
-    xs, fbs, us, bx, by, bw = [], [], [], [], [], []
-    for path in ds.paths(split):
-        t = read_share(path, key, frac, seed, _SPLIT_STREAM[split])
-        if t.num_rows == 0:
-            continue
-        req = build_requests(t, side, list_size)
-        xs.append(req.imp_ids)
-        fbs.append(req.feedback[req.imp_req, req.imp_slot])
-        us.append(req.user_id[req.imp_req])
-        if bc_negatives:
-            a, b, c = bc_rows(req, bc_negatives, rng)
-            bx.append(a)
-            by.append(b)
-            bw.append(c)
-        del req
-    if not xs:
-        raise ConfigError(f"{split} sample is empty (budget {budget})")
-    s = Sample(np.concatenate(xs), np.concatenate(fbs), np.concatenate(us))
-    if bc_negatives:
-        s.bc_x, s.bc_y, s.bc_w = np.concatenate(bx), np.concatenate(by), np.concatenate(bw)
-    return s
-
-
-def read_requests(
-    ds: Dataset, split: str, side: SideTables, n_requests: int, seed: int, stream: int,
-    list_size: int | None = None,
-) -> Requests:  # fmt: skip
-    """Whole logged requests (all candidates) of a random share of ``split``'s users."""
-    k = list_size or int(ds.meta.get("list_size", 10))
-    frac = sample_fraction(n_requests * k, split_impressions(ds, split))
-    tables = [read_share(p, "user_id", frac, seed, stream) for p in ds.paths(split)]
-    return build_requests(pa.concat_tables(tables), side, list_size)
-
-
-def logged_slates(ds: Dataset, split: str) -> dict[str, np.ndarray]:
-    """Per logged request of ``split``: user, clicks, and the log-probability of its slate
-    under the logging policy (sum of log logged propensities)."""
-    cols = ["request_id", "user_id", "position", "propensity", "click"]
-    users, rewards, lps = [], [], []
-    for path in ds.paths(split):
-        t = pq.read_table(path, columns=cols)
-        t = t.filter(pc.greater_equal(t.column("position"), 0))
-        rid = t.column("request_id").to_numpy()
-        # Rows are grouped by request (sessions in order, slots in order).
-        start = np.flatnonzero(np.r_[True, rid[1:] != rid[:-1]])
-        click = t.column("click").to_numpy(zero_copy_only=False).astype(np.float64)
-        lp = np.log(t.column("propensity").to_numpy(zero_copy_only=False).astype(np.float64))
-        users.append(t.column("user_id").to_numpy()[start])
-        rewards.append(np.add.reduceat(click, start))
-        lps.append(np.add.reduceat(lp, start))
-    return {
-        "user": np.concatenate(users),
-        "reward": np.concatenate(rewards),
-        "log_prob": np.concatenate(lps),
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# policies and slate probabilities
-# --------------------------------------------------------------------------------------------
-
-
-class Chunked(nn.Module):
-    """Evaluates a point-wise model in chunks of rows (bounded memory for big batches)."""
-
-    def __init__(self, model: nn.Module, chunk: int = 32768):
-        super().__init__()
-        self.model = model
-        self.chunk = chunk
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] <= self.chunk:
-            return self.model(x)
-        return torch.cat([self.model(c) for c in x.split(self.chunk)])
-
-
-class ShortlistPolicy(PointwisePolicy):
-    """Greedy :class:`PointwisePolicy` over a shortlist of the candidates.
-
-    Slot 0 scores every candidate; the ``shortlist`` best by that score are kept and the list
-    is then built greedily slot by slot among them, exactly as :class:`PointwisePolicy` does
-    over all candidates (list features from the items already placed). With ``shortlist`` 0
-    or at least the number of candidates it *is* the greedy :class:`PointwisePolicy`. The
-    shortlist cuts the model evaluations per request from ``K C`` to ``C + (K - 1) M``.
-    """
-
-    def __init__(self, model: nn.Module, side: SideTables, shortlist: int = 0):
-        super().__init__(model, side, temperature=0.0)
-        self.shortlist = int(shortlist)
-
-    def rank(self, obs: Observation, k: int) -> np.ndarray:
-        c = obs.candidates.shape[1]
-        m = self.shortlist
-        if m <= 0 or m >= c:
-            return super().rank(obs, k)
-        if m < k:
-            raise ValueError(f"shortlist {m} is shorter than the list ({k})")
-        x = self.features.request(obs)
-        b = obs.batch_size
-        rows = np.arange(b)
-        empty = np.zeros((b, 0), dtype=np.int64)
-        s0 = self._scores(obs, x, OnlineFeatures.cand_ids(x, 0, empty, empty))
-        top = np.argpartition(-s0, m - 1, axis=1)[:, :m]
-
-        def sub(a: np.ndarray) -> np.ndarray:
-            return np.take_along_axis(a, top if a.ndim == 2 else top[:, :, None], axis=1)
-
-        xs = RequestInputs(
-            user_ctx=x.user_ctx, cand_f=sub(x.cand_f), tags=sub(x.tags), authors=sub(x.authors),
-            recent=sub(x.recent), depth=x.depth, clicks=x.clicks,
-        )  # fmt: skip
-        placed = np.zeros((b, m), dtype=bool)
-        slate = np.empty((b, k), dtype=np.int64)
-        for t in range(k):
-            if t == 0:
-                scores = np.take_along_axis(s0, top, axis=1)
-            else:
-                cand12 = OnlineFeatures.cand_ids(
-                    xs, t, xs.tags[rows[:, None], slate[:, :t]],
-                    xs.authors[rows[:, None], slate[:, :t]],
-                )  # fmt: skip
-                scores = self._scores(obs, xs, cand12)
-            j = np.argmax(np.where(placed, -np.inf, scores), axis=1)
-            slate[:, t] = j
-            placed[rows, j] = True
-        return np.take_along_axis(top, slate, axis=1)
-
-
-def logged_slot_scores(policy: PointwisePolicy, req: Requests, batch: int = 256) -> np.ndarray:
-    """``(R, K, C)`` scores of every logged candidate at every shown slot (logged prefix).
-
-    Candidates already placed in slots ``< t`` and padding get ``-inf``; slots at or beyond a
-    request's ``n_shown`` are all ``-inf``.
-    """
-    k = req.list_size
-    c = req.cand_item.shape[1]
-    out = np.full((req.n_requests, k, c), -np.inf, dtype=np.float32)
-    cols = np.arange(c)[None, :]
-    for lo in range(0, req.n_requests, batch):
-        r = np.arange(lo, min(lo + batch, req.n_requests))
-        for t in range(k):
-            rr = r[req.n_shown[r] > t]
-            if rr.size == 0:
-                break
-            s = policy.logged_scores(req, rr, np.full(rr.size, t))
-            avail = req.cand_mask[rr] & (cols >= t)
-            out[rr, t] = np.where(avail, s, -np.inf)
-    return out
-
-
-def slate_log_prob_from_scores(scores: np.ndarray, req: Requests, temperature: float) -> np.ndarray:
-    """``(R,)`` log-probability of each logged slate under ``softmax(score / T)`` per slot.
-
-    The same quantity as :func:`training.eval.policies.slate_log_prob_pointwise`, from
-    precomputed :func:`logged_slot_scores` (so several temperatures cost one scoring).
-    """
-    k = scores.shape[1]
-    live = np.arange(k)[None, :] < req.n_shown[:, None]  # (R, K)
-    z = scores.astype(np.float64) / float(temperature)
-    z = np.where(live[:, :, None], z, 0.0)
-    m = z.max(axis=2, keepdims=True)
-    lse = m[:, :, 0] + np.log(np.exp(z - m).sum(axis=2))
-    chosen = z[:, np.arange(k), np.arange(k)]  # the logged item of slot t is column t
-    return np.where(live, chosen - lse, 0.0).sum(axis=1)
-
-
-def behaviour_log_prob(req: Requests) -> np.ndarray:
-    """``(R,)`` log-probability of each logged slate under the logging policy."""
-    return np.log(req.propensity).sum(axis=1)
-
-
-def _ess(log_w: np.ndarray) -> float:
-    w = np.exp(log_w - log_w.max())
-    return float(w.sum() ** 2 / np.dot(w, w))
-
-
-def _capped_ess_share(log_ratio: np.ndarray, log_cap: float) -> float:
-    w = np.exp(np.minimum(log_ratio, log_cap) - log_cap)
-    return float(w.sum() ** 2 / np.dot(w, w) / w.size)
-
-
-def choose_temperature(
-    scores: np.ndarray,
-    req: Requests,
-    temperatures: Sequence[float],
-    min_ess_share: float,
-) -> dict[str, Any]:
-    """The temperature and NCIS cap of a stochastic point-wise policy, from (valid) requests.
-
-    ``T``: the grid value with the largest uncapped ESS of the slate weights (the policy
-    closest to the logging policy in that sense). Cap ``c``: the largest quantile of that
-    ``T``'s ratios, over :data:`CAP_QUANTILES` from the top, whose capped weights keep an ESS
-    of at least ``min_ess_share`` of the requests (the smallest quantile if none does).
-
-    Returns a dict: ``temperature``, ``log_cap``, ``cap_quantile``, ``valid_ess_share``
-    (capped), ``grid`` (per temperature: uncapped ESS, its share, median log ratio).
-    """
-    lb = behaviour_log_prob(req)
-    grid = []
-    for temp in temperatures:
-        lr = slate_log_prob_from_scores(scores, req, temp) - lb
-        grid.append(
-            {
-                "temperature": float(temp),
-                "ess": _ess(lr),
-                "ess_share": _ess(lr) / lr.size,
-                "median_log_ratio": float(np.median(lr)),
-            }
-        )
-    best = max(grid, key=lambda g: g["ess"])
-    lr = slate_log_prob_from_scores(scores, req, best["temperature"]) - lb
-    q, log_cap, share = CAP_QUANTILES[-1], float(np.quantile(lr, CAP_QUANTILES[-1])), 0.0
-    for q in CAP_QUANTILES:
-        log_cap = float(np.quantile(lr, q))
-        share = _capped_ess_share(lr, log_cap)
-        if share >= min_ess_share:
-            break
-    return {
-        "temperature": best["temperature"],
-        "log_cap": log_cap,
-        "cap_quantile": q,
-        "valid_ess_share": share,
-        "min_ess_share": min_ess_share,
-        "n_requests": int(req.n_requests),
-        "grid": grid,
-    }
-
-
-def ncis_estimate(
-    log_ratio: np.ndarray,
-    reward: np.ndarray,
-    users: np.ndarray,
-    log_cap: float,
-    n_boot: int,
-    rng: np.random.Generator,
-) -> dict[str, Any]:
-    """NCIS with weights ``min(c, pi/mu)`` from log ratios, and a user-cluster bootstrap CI.
-
-    The weights are rescaled by ``1/c`` (``exp(min(log_ratio, log c) - log c)`` in ``(0, 1]``)
-    before :func:`training.eval.metrics.ncis` with cap 1: the same estimate, no overflow.
-    """
-    lr = np.asarray(log_ratio, dtype=np.float64)
-    r = np.asarray(reward, dtype=np.float64)
-    w = np.exp(np.minimum(lr, log_cap) - log_cap)
-    res = ncis(w, np.ones_like(w), r, cap=1.0)
-
-    def stat(w_: np.ndarray, r_: np.ndarray) -> float:
-        return float(np.dot(w_, r_) / w_.sum())
-
-    _, lo, hi = bootstrap_ci(stat, w, r, n_boot=n_boot, rng=rng, groups=users)
-    return {
-        "value": res.value,
-        "low": lo,
-        "high": hi,
-        "ess": res.ess,
-        "n": res.n,
-        "log_cap": float(log_cap),
-        "clipped_fraction": float((lr > log_cap).mean()),
-        "mean_logged_reward": float(r.mean()),
-    }
-
-
-def online_clicks_per_request(
-    result: OnlineResult, arm: str, n_boot: int, rng: np.random.Generator
-) -> dict[str, Any]:
-    """Clicks per request of an arm (total clicks / total requests) with a user-cluster
-    bootstrap 95% interval."""
-    s = result.per_session(arm)
-    c = s["click"].astype(np.float64)
-    q = s["requests"].astype(np.float64)
-
-    def stat(c_: np.ndarray, q_: np.ndarray) -> float:
-        return float(c_.sum() / q_.sum())
-
-    v, lo, hi = bootstrap_ci(stat, c, q, n_boot=n_boot, rng=rng, groups=result.session_user)
-    return {"value": v, "low": lo, "high": hi, "requests": int(q.sum())}
-
-
-def compare(est: Mapping[str, float], online: Mapping[str, float]) -> dict[str, Any]:
-    """``bias = NCIS - online`` with a normal-approximation interval from the two (independent)
-    intervals' half-widths: ``h = sqrt(h_ncis^2 + h_online^2)``."""
-    bias = est["value"] - online["value"]
-    h = math.hypot((est["high"] - est["low"]) / 2, (online["high"] - online["low"]) / 2)
-    return {
-        "bias": bias,
-        "low": bias - h,
-        "high": bias + h,
-        "rel_bias_pct": 100.0 * bias / online["value"] if online["value"] else math.nan,
-        "agrees": bool(bias - h <= 0.0 <= bias + h),
-    }
-
-
-# --------------------------------------------------------------------------------------------
 # the run folder
 # --------------------------------------------------------------------------------------------
 
@@ -772,7 +354,7 @@ def _objective(s: Sample, kind: str, bc: bool) -> tuple[np.ndarray, np.ndarray, 
     if bc:
         assert s.bc_x is not None and s.bc_y is not None
         return s.bc_x, s.bc_y, s.bc_w
-    w = mmrf_weights(_feedback_dict(s.feedback)) if kind == "weighted" else None
+    w = mmrf_weights(feedback_dict(s.feedback)) if kind == "weighted" else None
     return s.x, s.click.astype(np.float32), w
 
 
@@ -784,7 +366,7 @@ def _valid_loss(model: nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray | 
 
 def _offline_metrics(model: nn.Module, test: Sample) -> dict[str, Any]:
     p = predict(model, test.x).astype(np.float64)
-    fb = _feedback_dict(test.feedback)
+    fb = feedback_dict(test.feedback)
     out: dict[str, Any] = {"n_test": test.n, "auc": auc(fb["click"], p)}
     out["gauc"], out["gauc_users"] = gauc(test.user, fb["click"], p)
     for aspect in ("like", "long_view"):
@@ -872,7 +454,9 @@ def _temperatures(ctx: _Ctx) -> dict[str, Any]:
 
 def _choose_temperatures(ctx: _Ctx) -> dict[str, Any]:
     t0 = time.perf_counter()
-    req = read_requests(ctx.ds, "valid", ctx.side, ctx.cfg.ncis_requests, ctx.seed, _S_NCIS_VALID)
+    req = read_requests(
+        ctx.ds, "valid", ctx.side, ctx.cfg.ncis_requests, ctx.seed, NCIS_VALID_STREAM
+    )
     out: dict[str, Any] = {}
     for name in ctx.cfg.ncis_models:
         scores = logged_slot_scores(_stochastic(ctx, name, 1.0), req)
@@ -970,7 +554,7 @@ def _estimate_ncis(ctx: _Ctx, temps: Mapping[str, Any], online: OnlineResult) ->
     out["logging"] = {"ncis": est, "online": on, "compare": compare(est, on),
                       "requests": "all test-split requests"}  # fmt: skip
     # The stochastic point-wise policies, on a user sample of the test split.
-    req = read_requests(ctx.ds, "test", ctx.side, cfg.ncis_requests, ctx.seed, _S_NCIS_TEST)
+    req = read_requests(ctx.ds, "test", ctx.side, cfg.ncis_requests, ctx.seed, NCIS_TEST_STREAM)
     lb = behaviour_log_prob(req)
     for name in cfg.ncis_models:
         tm = temps["models"][name]
@@ -985,7 +569,7 @@ def _estimate_ncis(ctx: _Ctx, temps: Mapping[str, Any], online: OnlineResult) ->
             "ncis": est,
             "online": on,
             "compare": compare(est, on),
-            "uncapped_ess": _ess(lr),
+            "uncapped_ess": ess(lr),
             "requests": int(req.n_requests),
         }
     res = {"policies": out, "seconds": time.perf_counter() - t0, "seed": ctx.seed}

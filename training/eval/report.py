@@ -27,14 +27,9 @@ from typing import Any
 import numpy as np
 
 from training.data.pipeline import code_version
-from training.eval.baselines_run import (
-    MMRF_WEIGHTS,
-    WATCH_NORM_S,
-    EvalConfig,
-    eval_preset,
-    run_seed,
-)
+from training.eval.baselines_run import EvalConfig, eval_preset, run_seed
 from training.eval.metrics import rela_impr
+from training.eval.samples import MMRF_WEIGHTS, WATCH_NORM_S
 from training.harness.arms import REFERENCE_ARMS
 from training.harness.claims import SanityError, check, failed_checks
 from training.harness.config import check_seeds
