@@ -106,6 +106,8 @@ def test_report_has_every_table_and_plot(tiny_report):
     assert "| DRL-Rec (student) | 0." in text and "| FM | 0." in text
     assert "| *Ceiling: the world's own click probability* | 0." in text
     assert "| Wide&Deep | n/a |" in text  # not run: shown as missing, not invented
+    assert "± 0.0000" not in text and "± n/a" not in text  # one seed: no spread shown
+    assert text.index("## Summary of findings") < text.index("## Claims of the paper")
 
 
 def test_summary_numbers_are_consistent(tiny_report):

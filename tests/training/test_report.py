@@ -82,6 +82,8 @@ def test_files_and_tables(tiny_run):
     md = (out / "report.md").read_text()
     assert "Code version: `" in md and "seeds 0" in md
     assert "| model | AUC | RelaImpr | GAUC |" in md
+    assert "± 0.0000" not in md and "± n/a" not in md  # one seed: no spread shown
+    assert md.index("## Summary of findings") < md.index("## Sanity checks")
     for m in MODELS.split(","):
         assert f"\n| {m} | " in md
     assert "| arm | ACN (clicks/user) |" in md

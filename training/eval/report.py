@@ -497,7 +497,7 @@ def _offline_section(
     w("|---|---:|---:|---:|---:|---:|---:|---:|")
     for m in cfg.models:
         r = off[m]
-        w(f"| {m} | {pm(r['auc'])} | {pct(r['relaimpr'][0], 2)} ± {num(r['relaimpr'][1], 2)} "
+        w(f"| {m} | {pm(r['auc'])} | {pm(r['relaimpr'], 2)} % "
           f"| {pm(r['gauc'])} | {pm(r['auc_like'], 3)} | {pm(r['auc_long_view'], 3)} "
           f"| {','.join(map(str, r['epochs']))} | {r['n_params']:,} |")  # fmt: skip
     w("")

@@ -233,7 +233,7 @@ def _table2_section(w: Callable[[str], None], agg: Mapping[str, Any]) -> None:
             continue
         ri = r["relaimpr"]
         w(
-            f"| {title} | {pm(r['auc'])} | {num(ri[0], 2)}% ± {num(ri[1], 2)} | {p[0]:.4f} | "
+            f"| {title} | {pm(r['auc'])} | {pm(ri, 2)} % | {p[0]:.4f} | "
             f"{p[1]:.2f}% | {len(r['seeds'])} |"
         )
     ce = agg.get("ceiling") or {}
