@@ -265,3 +265,20 @@ def test_eval_config_overrides():
         cfg.with_overrides({"models": "fm,xgboost"})
     with pytest.raises(ConfigError, match="preset"):
         eval_preset("huge")
+
+
+def test_sanity_checks_fail_the_command_unless_expected():
+    from training.eval.baselines_claims import sanity_checks
+    from training.harness.claims import failed_checks
+
+    order = {"oracle_arm": "oracle_lt", "metric": "clicks_per_user", "best_baseline": "fm"}
+    agg = {
+        "ordering": {"acn": {**order, "pass": False}, "cpr": {**order, "pass": True}},
+        "ncis": {"logging": {"agrees": True, "bias": {"mean": 0.001}},
+                 "fm@T": {"agrees": False, "bias": {"mean": 0.5}}},
+    }  # fmt: skip
+    checks = sanity_checks(agg)
+    assert [c["id"] for c in checks] == ["ordering:acn", "ordering:cpr", "ncis:logging",
+                                         "ncis:fm@T"]  # fmt: skip
+    failed = failed_checks(checks, EvalConfig().expected_findings)
+    assert [c["id"] for c in failed] == ["ordering:acn"]  # the NCIS bias is an expected finding
