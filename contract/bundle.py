@@ -24,6 +24,21 @@ Model kinds and their graphs (``B`` rows, ``C`` candidates; both dynamic):
   state_part``: once per placed item: encode the impression, shift it into the window, re-run
   the state and its first-layer half.
 
+``actor`` (the MMRF WatchTime actor, METHODS.md "MMRF"; a cached-state ranker with
+q_network's graph layout): the score of a candidate is the dot product of the main agent's
+continuous action with the candidate's item vector, ``<a^N(s_t), tanh(W_v a_t)>``.
+- ``request(buffer, mask, user_ctx, cand_item, request_list) -> action f32[B,D], item_part
+  f32[B,C,D]``: ``action`` is ``a^N`` computed from the state through the agents' state
+  embeddings, the attention (or MMRF-CO's concatenation) and every auxiliary actor;
+  ``item_part`` the item vectors' pre-tanh projection of the item fields and the per-request
+  list fields.
+- ``score(action, item_part, slot_list) -> score f32[B,C]``: ``sum_d action_d tanh(item_part
+  + W_v^slot a_slot)_d``; the per-slot list fields enter the item vector as for q_network.
+- ``step(buffer, mask, user_ctx, impression_ids) -> next_buffer, next_mask, action``.
+Its manifest entry carries ``reward_scale`` (``cap`` > 0 seconds, ``quantile`` in (0, 1],
+``mean``, ``std`` seconds, ``count``): the watch-time scale of training
+(``training/mmrf/rewards.py``: the reward is ``min(watch_time / cap, 1)``).
+
 ``pointwise`` (a stateless scorer, e.g. the feedback-weighted Wide&Deep):
 - ``request(user_ctx, cand_item, request_list) -> state_part f32[B,W], item_part
   f32[B,C,W], item_bias f32[B,C]``; ``score(state_part, item_part, item_bias, slot_list) ->
@@ -31,7 +46,8 @@ Model kinds and their graphs (``B`` rows, ``C`` candidates; both dynamic):
 
 Here ``U``, ``I``, ``Lr``, ``Ls`` are the user+context, item, per-request list and per-slot
 list field counts of the manifest's feature spec, ``N = U + I + Lr + Ls``, ``m`` the memory,
-``E`` the encoding size and ``W`` the first hidden width, all given in each model's ``dims``.
+``E`` the encoding size, ``W`` the first hidden width and ``D`` the actor's action width
+(``action_dim``), all given in each model's ``dims``.
 The state ``mask`` is always a suffix (the window fills from its newest end), which the graphs
 may rely on.
 """
@@ -40,6 +56,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +65,9 @@ from contract.features import REQUEST_LIST_SOURCES, SLOT_LIST_SOURCES, FeatureSp
 
 MANIFEST_VERSION = "1"
 MANIFEST_FILE = "manifest.json"
-KINDS = ("q_network", "pointwise")
+KINDS = ("q_network", "actor", "pointwise")
+#: Fields of an actor's ``reward_scale`` (training/mmrf/rewards.py ``RewardScale``).
+REWARD_SCALE_FIELDS = ("cap", "quantile", "mean", "std", "count")
 SIDE_TABLES = ("users", "items")
 DTYPES = ("float32", "int64", "bool")
 
@@ -100,6 +119,8 @@ class ModelSpec:
     flops_per_request: int = 0
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    reward_scale: dict[str, float] = field(default_factory=dict)
+    """An actor's watch-time scale (:data:`REWARD_SCALE_FIELDS`); empty for other kinds."""
 
     @property
     def stateful(self) -> bool:
@@ -138,28 +159,33 @@ BATCH_DIM = "B"
 def expected_io(kind: str, dims: dict[str, int]) -> dict[str, tuple[list[TensorSpec], ...]]:
     """The fixed interface of each graph of ``kind``: ``{graph: (inputs, outputs)}``.
 
-    ``dims`` needs ``n_user_ctx``, ``n_item``, ``n_list_request``, ``n_list_slot``, ``hidden``
-    and, for ``q_network``, ``memory`` and ``enc_dim``. Raises BundleError on an unknown kind or a
-    missing dimension.
+    ``dims`` needs ``n_user_ctx``, ``n_item``, ``n_list_request``, ``n_list_slot``; ``hidden``
+    for ``q_network`` and ``pointwise``, ``action_dim`` for ``actor``; ``memory`` and
+    ``enc_dim`` for the stateful kinds (``q_network``, ``actor``). Raises BundleError on an
+    unknown kind or a missing dimension.
     """
-    need = ["n_user_ctx", "n_item", "n_list_request", "n_list_slot", "hidden"]
-    if kind == "q_network":
-        need += ["memory", "enc_dim"]
-    elif kind != "pointwise":
+    if kind not in KINDS:
         raise BundleError(f"model kind {kind!r} is not one of {KINDS}")
+    need = ["n_user_ctx", "n_item", "n_list_request", "n_list_slot"]
+    need += ["action_dim"] if kind == "actor" else ["hidden"]
+    if kind != "pointwise":
+        need += ["memory", "enc_dim"]
     missing = [k for k in need if k not in dims]
     if missing:
         raise BundleError(f"model of kind {kind!r}: dims lack {missing}")
-    u, i, w = dims["n_user_ctx"], dims["n_item"], dims["hidden"]
+    u, i = dims["n_user_ctx"], dims["n_item"]
+    w = dims["action_dim"] if kind == "actor" else dims["hidden"]
     lr, ls = dims["n_list_request"], dims["n_list_slot"]
     t = TensorSpec
     user_ctx = t("user_ctx", "int64", ("B", u))
     cand_item = t("cand_item", "int64", ("B", "C", i))
-    state_part = t("state_part", "float32", ("B", w))
+    # The actor's state half is its action and its output a score, not a Q value: the same
+    # layout under names that say so (runtime/lists.py routes tensors by name).
+    state_part = t("action" if kind == "actor" else "state_part", "float32", ("B", w))
     item_part = t("item_part", "float32", ("B", "C", w))
     request_list = t("request_list", "int64", ("B", "C", lr))
     slot_list = t("slot_list", "int64", ("B", "C", ls))
-    q = t("q", "float32", ("B", "C"))
+    q = t("score" if kind == "actor" else "q", "float32", ("B", "C"))
     if kind == "pointwise":
         item_bias = t("item_bias", "float32", ("B", "C"))
         return {
@@ -242,6 +268,9 @@ def _model(name: str, d: dict[str, Any], src: str, spec: FeatureSpec) -> ModelSp
     extra = set(graphs_raw) - set(expected)
     if extra:
         raise BundleError(f"{where}.graphs: unknown graphs {sorted(extra)} for kind {kind!r}")
+    scale: dict[str, float] = {}
+    if kind == "actor" or "reward_scale" in d:
+        scale = _reward_scale(_get(d, "reward_scale", dict, where), f"{where}.reward_scale")
     return ModelSpec(
         name=name,
         kind=kind,
@@ -253,7 +282,30 @@ def _model(name: str, d: dict[str, Any], src: str, spec: FeatureSpec) -> ModelSp
         flops_per_request=int(d.get("flops_per_request", 0)),
         training=dict(d.get("training", {})),
         metrics=dict(d.get("metrics", {})),
+        reward_scale=scale,
     )
+
+
+def _reward_scale(d: dict[str, Any], where: str) -> dict[str, float]:
+    """An actor's watch-time scale: every field of :data:`REWARD_SCALE_FIELDS`, finite,
+    ``cap > 0``, ``0 < quantile <= 1``, ``std >= 0``, ``count >= 1``."""
+    out: dict[str, float] = {}
+    for k in REWARD_SCALE_FIELDS:
+        v = _get(d, k, (int, float), where)
+        if isinstance(v, bool) or not math.isfinite(v):
+            raise BundleError(f"{where}: field {k!r} is {v!r}, expected a finite number")
+        out[k] = v
+    bad = {
+        "cap": out["cap"] <= 0,
+        "quantile": not 0 < out["quantile"] <= 1,
+        "std": out["std"] < 0,
+        "count": out["count"] < 1,
+    }
+    for k, is_bad in bad.items():
+        if is_bad:
+            raise BundleError(f"{where}: field {k!r} is {out[k]!r}, out of range (cap > 0, "
+                              f"0 < quantile <= 1, std >= 0, count >= 1)")  # fmt: skip
+    return out
 
 
 def parse_manifest(raw: dict[str, Any], source: str = MANIFEST_FILE) -> Manifest:

@@ -40,6 +40,34 @@ def small_models(spec, seed: int = 0):
     return q.eval(), wd.eval()
 
 
+def small_mmrf(spec, seed: int = 0, collaboration: str = "attention"):
+    """An untrained small MMRF agent network for ``spec`` (memory 3, unlike the Q network's 4:
+    a bundle's models may read different windows), weights perturbed like
+    :func:`small_models` so the main actor's scores are far from ties."""
+    import torch
+
+    from training.drl.networks import QNetConfig
+    from training.mmrf.networks import MMRFNetConfig, MultiAgentActorCritic
+
+    cfg = MMRFNetConfig(
+        encoder=QNetConfig.from_spec(spec, d_r=4, gru_hidden=8, memory=3), agent_dim=8,
+        heads=2, action_dim=6, actor_hidden=(8,), critic_mlp=(8,), model_hidden=(8,),
+        collaboration=collaboration,
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = MultiAgentActorCritic(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    return net.eval()
+
+
+#: A reward scale as training/mmrf/rewards.py fits it (made-up numbers, seconds).
+TINY_REWARD_SCALE = {"cap": 61.5, "quantile": 0.99, "mean": 14.25, "std": 11.5, "count": 1234}
+
+
 def crowded_items(items):
     """The tiny world's items with authors shared by many items (the tiny world's have at most
     3 items each), so that the same-author list field varies within a list."""
@@ -75,3 +103,31 @@ def tiny_bundle(tiny_data, tmp_path_factory):
     finally:
         torch.set_num_threads(n)
     return out, q, wd
+
+
+@pytest.fixture(scope="session")
+def mmrf_bundle(tiny_data, tmp_path_factory):
+    """A bundle of the tiny world with a small MMRF actor as ``mmrf_watchtime`` beside the
+    small Q network as ``q`` (items with crowded authors): (path, MMRF net, q net)."""
+    import torch
+
+    from contract.features import DEFAULT_SPEC
+    from training.export import actor_export, export_bundle, q_export, real_batch
+
+    ds, _, req = tiny_data
+    q, _ = small_models(DEFAULT_SPEC)
+    net = small_mmrf(DEFAULT_SPEC, seed=2)
+    out = tmp_path_factory.mktemp("bundles") / "mmrf"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        export_bundle(
+            out,
+            [q_export("q", q, DEFAULT_SPEC),
+             actor_export("mmrf_watchtime", net, DEFAULT_SPEC, TINY_REWARD_SCALE)],
+            DEFAULT_SPEC, ds.users(), crowded_items(ds.items()), name="tiny-mmrf",
+            real=real_batch(req, 4, 32),
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(n)
+    return out, net, q

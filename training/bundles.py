@@ -4,7 +4,9 @@
 feedback-weighted Wide&Deep (``wide_deep_weighted.pt`` + ``.json``, as the baselines report
 writes them or :func:`train_weighted_wide_deep` below) and writes one bundle with three
 servable models: ``drl_student``, ``drl_teacher`` and ``wide_deep_weighted`` (the non-RL
-baseline arm). :func:`build_default_bundle` is the one documented command behind
+baseline arm), and, given an MMRF run folder (``python -m training.mmrf.train``), a fourth:
+``mmrf_watchtime``, the main agent's actor (kind ``actor``) with the run's reward scale.
+:func:`build_default_bundle` is the one documented command behind
 ``models/default``: the default world, DRL-Rec at a fixed budget, the weighted Wide&Deep,
 export; each stage is skipped when its finished output is already there, and every stage is
 seeded, so a rebuild on the same versions gives the same graphs and the same hashes.
@@ -31,15 +33,20 @@ from training.data.features import SideTables, build_requests
 from training.data.pipeline import Dataset
 from training.drl.networks import flops_per_request
 from training.drl.train import DRLConfig, DRLRec
+from training.export import ExportModel, actor_export, pointwise_export, q_export, real_batch
 from training.export import export_bundle as _export_bundle
-from training.export import pointwise_export, q_export, real_batch
+from training.mmrf.networks import MultiAgentActorCritic
+from training.mmrf.train import MMRFConfig
 
 __all__ = [
+    "MMRF_MODEL",
     "DefaultBundleConfig",
     "build_default_bundle",
     "export_runs",
     "load_drl_run",
+    "load_mmrf_run",
     "load_wide_deep",
+    "mmrf_export",
     "train_weighted_wide_deep",
 ]
 
@@ -62,6 +69,31 @@ def load_drl_run(run: str | Path) -> tuple[DRLConfig, DRLRec, dict[str, Any]]:
     model = DRLRec(cfg)
     model.load_state_dict(sd["model"])
     return cfg, model.eval(), json.loads(summ.read_text())
+
+
+#: The bundle model (and service arm) name of MMRF's WatchTime actor.
+MMRF_MODEL = "mmrf_watchtime"
+
+
+def load_mmrf_run(run: str | Path) -> tuple[MMRFConfig, MultiAgentActorCritic, dict[str, Any]]:
+    """The config, trained agents (eval mode, on the CPU) and summary of an MMRF run folder
+    (``python -m training.mmrf.train``); the summary's ``reward_scale`` is the checkpoint's.
+
+    Raises FileNotFoundError when the folder has no finished run (``checkpoint.pt`` and
+    ``train.json``)."""
+    run = Path(run)
+    ck, summ = run / "checkpoint.pt", run / "train.json"
+    for f in (ck, summ):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: missing; is {run} a finished MMRF run folder?")
+    sd = torch.load(ck, map_location="cpu", weights_only=False)
+    cfg_d = {k: tuple(v) if isinstance(v, list) else v for k, v in sd["cfg"].items()}
+    cfg = MMRFConfig(**cfg_d)
+    net = MultiAgentActorCritic(cfg.net())
+    net.load_state_dict(sd["net"])
+    summary = json.loads(summ.read_text())
+    summary["reward_scale"] = dict(sd["reward_scale"])
+    return cfg, net.eval(), summary
 
 
 def load_wide_deep(path: str | Path) -> tuple[WideDeep, dict[str, Any]]:
@@ -148,13 +180,15 @@ def export_runs(
     data: str | Path,
     out: str | Path,
     *,
+    mmrf: str | Path | None = None,
     name: str = "bundle",
     overwrite: bool = False,
     real_requests: int = 256,
 ) -> dict[str, Any]:
-    """Export a DRL-Rec run's student and teacher and (optionally) a weighted Wide&Deep into
-    the bundle ``out``, verified on real requests of ``data``'s test split. Returns the
-    manifest. Raises FileExistsError, FileNotFoundError or ParityError (nothing written)."""
+    """Export a DRL-Rec run's student and teacher, (optionally) a weighted Wide&Deep and
+    (optionally) an MMRF run's WatchTime actor as :data:`MMRF_MODEL` into the bundle ``out``,
+    verified on real requests of ``data``'s test split. Returns the manifest. Raises
+    FileExistsError, FileNotFoundError or ParityError (nothing written)."""
     cfg, model, summary = load_drl_run(drl_run)
     ds = Dataset.open(data)
     side = SideTables.from_tables(ds.users(), ds.items())
@@ -181,11 +215,29 @@ def export_runs(
             training={"file": str(baseline), **{k: v for k, v in info.items() if k != "offline"}},
             metrics={"auc_test": info.get("offline", {}).get("auc")},
         ))  # fmt: skip
+    if mmrf is not None:
+        models.append(mmrf_export(mmrf))
     dataset = {"path": str(data), "code_version": ds.meta.get("code_version"),
                "preset": ds.meta.get("preset"), "counts": ds.meta.get("counts"),
                "split": {k: len(v) for k, v in ds.meta.get("split", {}).items()}}  # fmt: skip
     return _export_bundle(out, models, DEFAULT_SPEC, ds.users(), ds.items(), name=name,
                           dataset=dataset, real=real, overwrite=overwrite)  # fmt: skip
+
+
+def mmrf_export(run: str | Path) -> ExportModel:
+    """An MMRF run folder's main actor as the bundle model :data:`MMRF_MODEL` (kind
+    ``actor``): the run's reward scale in its manifest entry, the config and step counts as
+    its training record, the main agent's offline figures of ``train.json`` as its metrics."""
+    cfg, net, summary = load_mmrf_run(run)
+    ev = summary.get("eval", {})
+    return actor_export(
+        MMRF_MODEL, net, DEFAULT_SPEC, summary["reward_scale"],
+        training={"run": str(run), "method": "mmrf", "config": asdict(cfg),
+                  "steps": summary.get("steps"), "instances": summary.get("instances"),
+                  "agent": "watch_time (main)"},
+        metrics={"eval_split": summary.get("eval_split"),
+                 **{k: v for k, v in ev.items() if k.startswith("main_")}},
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,7 @@ def _command_line() -> str | None:
 def _cmd_export(args: argparse.Namespace) -> int:
     from training.bundles import export_runs
 
-    m = export_runs(args.drl, args.baseline, args.data, args.out, name=args.name,
+    m = export_runs(args.drl, args.baseline, args.data, args.out, mmrf=args.mmrf, name=args.name,
                     overwrite=args.overwrite)  # fmt: skip
     _print_bundle(args.out, m)
     return 0
@@ -342,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a weighted Wide&Deep state dict (.pt, with its .json) for the baseline arm",
     )
+    e.add_argument("--mmrf", default=None, help="an MMRF run folder: its actor as mmrf_watchtime")
     e.add_argument("--data", required=True, help="the dataset folder the runs trained on")
     e.add_argument("--out", required=True, help="bundle folder to write")
     e.add_argument("--name", default="bundle", help="bundle name (prefix of its version)")

@@ -1,15 +1,18 @@
 """Export trained rankers to a model bundle that serving can trust.
 
 A bundle (``contract/bundle.py``) holds, per model, the graphs of its kind: for a DRL-Rec Q
-network ``request``, ``score`` and ``step``; for a point-wise scorer ``request`` and
-``score``. The split folds into ``request`` what is computed once per request rather than
-once per position:
+network ``request``, ``score`` and ``step``; for MMRF's WatchTime actor (kind ``actor``) the
+same three, ``request`` and ``step`` computing the main agent's action from the state
+(:class:`ServedActor`) and ``score`` its dot product with each candidate's item vector; for a
+point-wise scorer ``request`` and ``score``. The split folds into ``request`` what is computed
+once per request rather than once per position:
 
 - the first MLP layer ``W [s; a] + b`` is ``W_s s + b`` (the state half, ``state_part``)
   ``+ W_item a_item`` (the candidates' item fields, ``item_part``: fixed for the request)
   ``+ W_list a_list`` (the list fields, which change with the slot). ``score`` computes the
   last from projected tables ``P_f = E_f W_f^T`` (one row per id of each list field, 69 rows
-  in the default spec), so a position costs a gather and a sum instead of a matmul;
+  in the default spec), so a position costs a gather and a sum instead of a matmul; the
+  actor's item projection ``W_v a_t`` (before its tanh) splits the same way;
 - for Wide&Deep the wide (first-order) terms of the user, context and item fields are summed
   once per request into ``item_bias``; the list fields' weights are gathered per position.
 
@@ -59,11 +62,18 @@ from training.baselines.pointwise import WideDeep
 from training.data.features import Requests
 from training.data.pipeline import code_version
 from training.drl.networks import QNetwork, param_count, push
+from training.mmrf.networks import MultiAgentActorCritic
 
 __all__ = [
     "PARITY_ATOL",
+    "ActorRequest",
+    "ActorScore",
+    "ActorStep",
     "ExportModel",
     "ParityError",
+    "ServedActor",
+    "actor_export",
+    "actor_graphs",
     "export_bundle",
     "pointwise_graphs",
     "q_graphs",
@@ -194,13 +204,16 @@ def _zrn(weight: torch.Tensor, hd: int) -> torch.Tensor:
     return torch.cat([z, r, n])
 
 
-def serving_state(net: QNetwork, buffer, mask, user_ctx) -> torch.Tensor:
-    """``s_t`` as :meth:`QNetwork.state` computes it, for suffix masks, with the GRU as one
-    ONNX node (:class:`_SuffixGRU`); average pooling (the GRU ablation) is exported as is."""
+def serving_state(net: nn.Module, buffer, mask, user_ctx) -> torch.Tensor:
+    """``s_t`` as the network's :class:`~training.drl.networks.StateEncoder` (``net.
+    state_encoder``: a DRL-Rec Q network's or MMRF's shared one) computes it, for suffix
+    masks, with the GRU as one ONNX node (:class:`_SuffixGRU`); average pooling (the GRU
+    ablation) is exported as is. ``buffer (B, m, E)``, ``mask (B, m)``, ``user_ctx (B, U)``
+    -> ``(B, H)``."""
     enc = net.state_encoder
-    if not net.cfg.gru:
-        return net.state(buffer, mask, user_ctx)
-    m, hd = buffer.shape[1], net.cfg.gru_hidden
+    if not enc.cfg.gru:
+        return enc(buffer, mask, user_ctx)
+    m, hd = buffer.shape[1], enc.cfg.gru_hidden
     n = mask.long().sum(1)
     idx = (torch.arange(m)[None, :] + (m - n)[:, None]) % m
     x = buffer.gather(1, idx[..., None].expand(-1, -1, buffer.shape[2]))
@@ -289,6 +302,109 @@ def q_graphs(net: QNetwork, spec: FeatureSpec) -> tuple[dict[str, nn.Module], di
     return mods, dims
 
 
+# --- MMRF WatchTime actor ------------------------------------------------------------------
+
+
+class ServedActor(nn.Module):
+    """The parts of :class:`~training.mmrf.networks.MultiAgentActorCritic` that the main
+    (WatchTime) agent's scores need: the shared state encoder, the item projection ``W_v``,
+    every agent's state projection, the collaboration and every actor (the main action reads
+    all the auxiliary ones, Eq. 3). The critics are left out: serving never evaluates them.
+    """
+
+    def __init__(self, net: MultiAgentActorCritic) -> None:
+        super().__init__()
+        self._net = (net,)  # not a submodule: the parameters counted are the ones below
+        self.state_encoder = net.state_encoder
+        self.item_proj = net.item_proj
+        self.agent_state = net.agent_state
+        self.attention = net.attention
+        self.aux_actors = net.aux_actors
+        self.main_actor = net.main_actor
+
+    def main_action(self, s: torch.Tensor) -> torch.Tensor:
+        """``a^N (B, D)`` of states ``s (B, H)`` (METHODS.md "MMRF", Eqs. 1-3)."""
+        net = self._net[0]
+        h = net.agent_states(s)
+        e, _ = net.collaborate(h)
+        return net.main_action(h, e, net.aux_actions(h, e))
+
+
+class ActorRequest(nn.Module):
+    def __init__(self, actor: ServedActor, spec: FeatureSpec) -> None:
+        super().__init__()
+        self.actor, self.n_item = actor, len(spec.group("item"))
+        enc = actor.state_encoder.cfg
+        w, d = actor.item_proj.weight, enc.d_r
+        table, sizes = _list_tables(actor.state_encoder.embedding.table.weight, w, d, spec,
+                                    REQUEST_LIST_SOURCES)  # fmt: skip
+        self.request_list = _Gathered(table, sizes)
+
+    def forward(self, buffer, mask, user_ctx, cand_item, request_list):
+        a, enc = self.actor, self.actor.state_encoder
+        s = serving_state(a, buffer, mask, user_ctx)
+        e = enc.embedding(cand_item, enc.cfg.n_user_ctx).flatten(-2)
+        w_item = a.item_proj.weight[:, : self.n_item * enc.cfg.d_r]
+        return a.main_action(s), F.linear(e, w_item) + self.request_list(request_list)
+
+
+class ActorScore(nn.Module):
+    def __init__(self, actor: ServedActor, spec: FeatureSpec) -> None:
+        super().__init__()
+        enc = actor.state_encoder.cfg
+        table, sizes = _list_tables(actor.state_encoder.embedding.table.weight,
+                                    actor.item_proj.weight, enc.d_r, spec,
+                                    SLOT_LIST_SOURCES)  # fmt: skip
+        self.slot_list = _Gathered(table, sizes)
+
+    def forward(self, action, item_part, slot_list):
+        v = torch.tanh(item_part + self.slot_list(slot_list))  # (B, C, D) item vectors
+        return torch.matmul(v, action.unsqueeze(-1)).squeeze(-1)
+
+
+class ActorStep(nn.Module):
+    def __init__(self, actor: ServedActor) -> None:
+        super().__init__()
+        self.actor = actor
+
+    def forward(self, buffer, mask, user_ctx, impression_ids):
+        enc = self.actor.state_encoder.encode(impression_ids)
+        buffer, mask = push(buffer, mask, enc)
+        s = serving_state(self.actor, buffer, mask, user_ctx)
+        return buffer, mask, self.actor.main_action(s)
+
+
+def actor_graphs(
+    net: MultiAgentActorCritic, spec: FeatureSpec
+) -> tuple[dict[str, nn.Module], dict[str, int]]:
+    """The ``request``/``score``/``step`` modules of MMRF's WatchTime actor (kind ``actor``,
+    contract/bundle.py) and its manifest ``dims``. Raises BundleError when the network's
+    field sizes differ from the spec's.
+
+    The item vector ``v = tanh(W_v a_t)`` splits like DRL-Rec's first layer: ``W_v a_t =
+    W_item a_item + W_req a_req`` (``item_part``, once per request) ``+ W_slot a_slot``
+    (gathered from projected tables per position); the tanh and the dot product with the
+    action run in ``score``.
+    """
+    enc = net.cfg.encoder
+    if enc.sizes != tuple(spec.sizes()):
+        raise BundleError(f"network field sizes {enc.sizes} differ from the spec's {spec.sizes()}")
+    actor = ServedActor(net)
+    dims = {
+        **_list_dims(spec),
+        "action_dim": net.cfg.action_dim,
+        "memory": enc.memory,
+        "enc_dim": enc.enc_dim,
+        "d_r": enc.d_r,
+        "gru_hidden": enc.gru_hidden,
+        "n_agents": net.cfg.n_agents,
+        "agent_dim": net.cfg.agent_dim,
+    }
+    mods = {"request": ActorRequest(actor, spec), "score": ActorScore(actor, spec),
+            "step": ActorStep(actor)}  # fmt: skip
+    return mods, dims
+
+
 # --- Wide & Deep ---------------------------------------------------------------------------
 
 
@@ -374,6 +490,8 @@ class ExportModel:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     flops_per_request: int = 0
+    reward_scale: dict[str, float] | None = None
+    """An actor's watch-time scale, written to its manifest entry."""
 
 
 def q_export(name: str, net: QNetwork, spec: FeatureSpec, **info: Any) -> ExportModel:
@@ -384,6 +502,23 @@ def q_export(name: str, net: QNetwork, spec: FeatureSpec, **info: Any) -> Export
         return net.score(buffer, mask, user_ctx, cand_ids)[0]
 
     return ExportModel(name, "q_network", net, graphs, dims, reference, **info)
+
+
+def actor_export(name: str, net: MultiAgentActorCritic, spec: FeatureSpec,
+                 reward_scale: dict[str, Any], **info: Any) -> ExportModel:  # fmt: skip
+    """MMRF's WatchTime actor as a bundle model of kind ``actor``; ``reward_scale`` (the run's
+    :class:`training.mmrf.rewards.RewardScale` as a dict) goes into its manifest entry. The
+    composed graphs are checked against the network's own :meth:`~training.mmrf.networks.
+    MultiAgentActorCritic.scores` (the main agent's)."""
+    net = net.eval()
+    graphs, dims = actor_graphs(net, spec)
+    served = graphs["step"].actor
+
+    def reference(buffer, mask, user_ctx, cand_ids):
+        return net.scores(net.state(buffer, mask, user_ctx), cand_ids)
+
+    return ExportModel(name, "actor", served, graphs, dims, reference,
+                       reward_scale=dict(reward_scale), **info)  # fmt: skip
 
 
 def pointwise_export(name: str, model: WideDeep, spec: FeatureSpec, **info: Any) -> ExportModel:
@@ -578,9 +713,12 @@ def _verify_real(model: ExportModel, sess: dict[str, ort.InferenceSession], spec
     cand = torch.from_numpy(real.cand_ids)
     ids = _split_cand(spec, cand)
     buf, mask = None, torch.from_numpy(real.mask)
-    if model.kind == "q_network":
+    stateful = "step" in model.graphs
+    if stateful:
+        hist, window_mask = _window(real.buffer_ids, real.mask, model.dims["memory"])
         with torch.no_grad():
-            buf = model.module.encode_history(torch.from_numpy(real.buffer_ids))
+            buf = model.module.state_encoder.encode(torch.from_numpy(hist))
+        mask = torch.from_numpy(window_mask)
     feeds = {"buffer": buf, "mask": mask, "user_ctx": uc, **ids}
     out: dict[str, float] = {}
     ins = [t.name for t in io["request"][0]]
@@ -594,12 +732,23 @@ def _verify_real(model: ExportModel, sess: dict[str, ort.InferenceSession], spec
                                  {t.name: feeds[t.name] for t in io["score"][0]},
                                  io["score"][1], f"{model.name}.score (real)", atol)  # fmt: skip
     out["real/composed"] = _composed(model, sess, spec, buf, mask, uc, cand, atol, "real")
-    if model.kind == "q_network":
+    if stateful:
         step_feeds = {"buffer": buf, "mask": mask, "user_ctx": uc,
                       "impression_ids": torch.from_numpy(real.impressions)}  # fmt: skip
         out["real/step"] = _compare(sess["step"], model.graphs["step"], step_feeds,
                                     io["step"][1], f"{model.name}.step (real)", atol)  # fmt: skip
     return out
+
+
+def _window(ids: np.ndarray, mask: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real history windows ``(B, M, N)`` with suffix masks ``(B, M)`` cut or left-padded to a
+    model's memory ``m`` (a bundle's models may read windows of different lengths)."""
+    have = ids.shape[1]
+    if m <= have:
+        return ids[:, have - m :], mask[:, have - m :]
+    pad = m - have
+    return (np.concatenate([np.zeros((len(ids), pad, ids.shape[2]), ids.dtype), ids], 1),
+            np.concatenate([np.zeros((len(ids), pad), bool), mask], 1))  # fmt: skip
 
 
 def _table_file(table: pa.Table, path: Path) -> dict[str, Any]:
@@ -700,6 +849,8 @@ def _write_bundle(tmp: Path, models: list[ExportModel], spec: FeatureSpec, users
             "training": m.training,
             "metrics": m.metrics,
         }
+        if m.reward_scale is not None:
+            entries[m.name]["reward_scale"] = m.reward_scale
     tables = {"users": _table_file(users, tmp / "users.parquet"),
               "items": _table_file(items, tmp / "items.parquet")}  # fmt: skip
     stateful = [entries[n]["model_version"] for n in sorted(entries)

@@ -130,3 +130,66 @@ def test_a_spec_whose_groups_are_out_of_order_is_refused(bundle_copy):
     _edit_manifest(bundle_copy, swap)
     with pytest.raises(BundleError, match=r"grouped as user, context, item, list.*'position'"):
         load_bundle(bundle_copy)
+
+
+@pytest.fixture
+def mmrf_copy(mmrf_bundle, tmp_path) -> Path:
+    out = tmp_path / "m"
+    shutil.copytree(mmrf_bundle[0], out)
+    return out
+
+
+def test_an_actor_loads_with_its_reward_scale_and_a_bad_scale_is_refused(mmrf_copy):
+    b = load_bundle(mmrf_copy)
+    actor = b.model("mmrf_watchtime")
+    assert actor.spec.kind == "actor" and actor.stateful and actor.memory == 3
+    good = dict(actor.spec.reward_scale)
+    assert good["cap"] > 0
+
+    def set_scale(**scale):
+        def edit(m):
+            m["models"]["mmrf_watchtime"]["reward_scale"] = scale
+
+        _edit_manifest(mmrf_copy, edit)
+
+    entry = "models.mmrf_watchtime"
+    for bad, match in (
+        ({}, rf"{entry}\.reward_scale: field 'cap' is missing"),
+        ({**good, "cap": 0.0}, r"field 'cap' is 0\.0, out of range"),
+        ({**good, "quantile": 1.5}, r"field 'quantile' is 1\.5, out of range"),
+        ({**good, "count": "many"}, r"field 'count' has str 'many'"),
+    ):
+        set_scale(**bad)
+        with pytest.raises(BundleError, match=match):
+            read_manifest(mmrf_copy, verify_hashes=False)
+    _edit_manifest(mmrf_copy, lambda m: m["models"]["mmrf_watchtime"].pop("reward_scale"))
+    with pytest.raises(BundleError, match=rf"{entry}: field 'reward_scale' is missing"):
+        read_manifest(mmrf_copy, verify_hashes=False)
+    set_scale(**good)
+    m = read_manifest(mmrf_copy, verify_hashes=False)
+    assert m.models["mmrf_watchtime"].reward_scale == good
+
+
+def test_a_q_network_relabelled_as_an_actor_is_refused_by_the_interface(mmrf_copy):
+    def relabel(m):
+        q = m["models"]["q"]
+        q["kind"] = "actor"
+        q["dims"]["action_dim"] = q["dims"]["hidden"]
+        q["reward_scale"] = m["models"]["mmrf_watchtime"]["reward_scale"]
+
+    _edit_manifest(mmrf_copy, relabel)
+    with pytest.raises(BundleError, match=r"models\.q\.graphs\.request\.outputs: .*'state_part'"
+                                          r".* differ from the actor interface"):  # fmt: skip
+        read_manifest(mmrf_copy, verify_hashes=False)
+
+
+def test_expected_io_of_an_actor_names_its_action_and_score():
+    dims = {"n_user_ctx": 2, "n_item": 3, "n_list_request": 1, "n_list_slot": 1}
+    with pytest.raises(BundleError, match=r"lack \['action_dim', 'memory', 'enc_dim'\]"):
+        expected_io("actor", dims)
+    io = expected_io("actor", {**dims, "action_dim": 5, "memory": 4, "enc_dim": 7})
+    assert [t.name for t in io["request"][1]] == ["action", "item_part"]
+    assert [t.shape for t in io["request"][1]] == [("B", 5), ("B", "C", 5)]
+    assert [t.name for t in io["score"][0]] == ["action", "item_part", "slot_list"]
+    assert [(t.name, t.shape) for t in io["score"][1]] == [("score", ("B", "C"))]
+    assert [t.name for t in io["step"][1]] == ["next_buffer", "next_mask", "action"]

@@ -27,6 +27,18 @@ def _columns(table) -> dict[str, np.ndarray]:
     return {n: table.column(n).to_numpy() for n in table.column_names}
 
 
+def _memory(net) -> int:
+    cfg = net.cfg
+    return int(getattr(cfg, "encoder", cfg).memory)  # an MMRF network's encoder, or Q's own
+
+
+def _scores(net, buf, mask, uc, cand):
+    """A Q network's ``Q`` or MMRF's main-actor score ``<a^N(s), v>`` of candidates."""
+    if hasattr(net, "scores"):
+        return net.scores(net.state(buf, mask, uc), cand)
+    return net.score(buf, mask, uc, cand)[0]
+
+
 def brute_force(net, spec, users, items, user_id, cands, k, history, request_index, ts=TS):
     """Greedy list by re-encoding the whole state for every candidate at every position.
 
@@ -43,7 +55,7 @@ def brute_force(net, spec, users, items, user_id, cands, k, history, request_ind
     rows = np.array([np.flatnonzero(it["item_id"] == c)[0] for c in cands])
     item_f = group_ids(spec, "item", {c: v[rows] for c, v in it.items()})
     tags, authors = it["tag"][rows], it["author_raw"][rows]
-    w, m = spec.recent_window, net.cfg.memory
+    w, m = spec.recent_window, _memory(net)
     past_tags = [h_tag for _, h_tag in history][-w:]
     recent_tags = np.array([0] * (w - len(past_tags)) + past_tags)
     recent = (tags[:, None] == recent_tags[None, :]).sum(-1)
@@ -62,9 +74,9 @@ def brute_force(net, spec, users, items, user_id, cands, k, history, request_ind
             buf_ids[0, m - len(ids) :] = np.stack(ids)
             mask[0, m - len(ids) :] = True
         with torch.no_grad():
-            buf = net.encode_history(torch.from_numpy(buf_ids))
-            q, _ = net.score(buf, torch.from_numpy(mask), torch.from_numpy(uc[None]),
-                             torch.from_numpy(cand[None]))  # fmt: skip
+            buf = net.encode(torch.from_numpy(buf_ids))
+            q = _scores(net, buf, torch.from_numpy(mask), torch.from_numpy(uc[None]),
+                        torch.from_numpy(cand[None]))  # fmt: skip
         q = q[0].numpy().copy()
         q[placed] = -np.inf
         j = int(np.argmax(q))
@@ -99,17 +111,21 @@ def other_bundle(tiny_data, tmp_path_factory):
     return out, q, spec
 
 
-@pytest.mark.parametrize("which", ["default_spec", "other_spec"])
+@pytest.mark.parametrize("which", ["default_spec", "other_spec", "mmrf_actor"])
 def test_greedy_lists_equal_brute_force_reencoding_across_two_requests(
-    which, tiny_bundle, other_bundle, tiny_data
+    which, tiny_bundle, other_bundle, mmrf_bundle, tiny_data
 ):
     import pyarrow.parquet as pq
 
-    path, net, spec = (*tiny_bundle[:2], DEFAULT_SPEC) if which == "default_spec" else other_bundle
+    path, net, spec = {
+        "default_spec": (*tiny_bundle[:2], DEFAULT_SPEC),
+        "other_spec": other_bundle,
+        "mmrf_actor": (*mmrf_bundle[:2], DEFAULT_SPEC),  # kind actor: same builder, unchanged
+    }[which]
     bundle = load_bundle(path)
     users, items_t = pq.read_table(path / "users.parquet"), pq.read_table(path / "items.parquet")
     assert bundle.spec == spec
-    model = bundle.model("q")
+    model = bundle.model("mmrf_watchtime" if which == "mmrf_actor" else "q")
     rng = np.random.default_rng(1)
     items = bundle.tables.item_ids
     user = int(bundle.tables.user_ids[7])
@@ -126,7 +142,7 @@ def test_greedy_lists_equal_brute_force_reencoding_across_two_requests(
         state = got.states[0]
         assert (state.request_index, state.depth) == (request + 1, 6 * (request + 1))
         # The cached window holds the encodings of the session's last `memory` impressions.
-        m = net.cfg.memory
+        m = _memory(net)
         with torch.no_grad():
             enc = net.encode(torch.from_numpy(np.stack([h for h, _ in history][-m:]))).numpy()
         np.testing.assert_allclose(state.buffer[state.mask], enc, atol=1e-5)

@@ -13,6 +13,8 @@ Policies build the list slot by slot:
 * :class:`QPolicy`: a DRL-Rec Q network; the session state is the buffer of the last ``m``
   impression encodings, pushed after every placed item (the serving state step), and ``Q`` of
   every unplaced candidate is computed from it (the scorer). Greedy, or softmax.
+* :class:`ActorPolicy`: MMRF's main (WatchTime) actor on the same session buffer; a
+  candidate's score is the dot product of the main agent's action with its item vector.
 
 Both expose :meth:`slate_log_prob` for off-policy estimation: the log-probability, under the
 policy's softmax at its temperature, of logged slates (product over slots of the probability
@@ -171,7 +173,8 @@ class QPolicy(_SlotRanker):
                  seed: int = 0):  # fmt: skip
         super().__init__(side, temperature, seed)
         self.net = net.eval()
-        self.memory = int(net.cfg.memory)
+        cfg = net.cfg
+        self.memory = int(getattr(cfg, "encoder", cfg).memory)  # MMRF's encoder config, or Q's
         self._hist: dict[int, np.ndarray] = {}  # session_id -> (<=m, 22) impression ids
         self._buf: torch.Tensor | None = None
         self._mask: torch.Tensor | None = None
@@ -186,7 +189,7 @@ class QPolicy(_SlotRanker):
                 ids[i, m - len(h) :] = h
                 mask[i, m - len(h) :] = True
         with torch.no_grad():
-            self._buf = self.net.encode_history(torch.from_numpy(ids))
+            self._buf = self.net.encode(torch.from_numpy(ids))  # (B, m, 22) -> (B, m, E)
         self._mask = torch.from_numpy(mask)
         self._uc = torch.from_numpy(x.user_ctx)
 
@@ -211,6 +214,24 @@ class QPolicy(_SlotRanker):
         for sid, left in zip(obs.session_id.tolist(), feedback.left.tolist(), strict=True):
             if left:
                 self._hist.pop(sid, None)
+
+
+class ActorPolicy(QPolicy):
+    """MMRF's WatchTime actor as a policy (:class:`~training.mmrf.networks.
+    MultiAgentActorCritic`): :class:`QPolicy`'s session buffer and state, and candidate
+    ``c``'s score at a slot ``<a^agent(s_t), v_c>`` (METHODS.md "MMRF": an action scores every
+    candidate by a dot product with its item vector), ``(B, C)``; ``agent`` -1 is the main
+    agent, the one a bundle serves as ``mmrf_watchtime``."""
+
+    def __init__(self, net: torch.nn.Module, side: SideTables, temperature: float = 0.0,
+                 seed: int = 0, agent: int = -1):  # fmt: skip
+        super().__init__(net, side, temperature, seed)
+        self.agent = agent
+
+    @torch.no_grad()
+    def _scores(self, obs: Observation, x: RequestInputs, cand12: np.ndarray) -> np.ndarray:
+        s = self.net.state(self._buf, self._mask, self._uc)
+        return self.net.scores(s, torch.from_numpy(cand12), self.agent).float().numpy()
 
 
 def slate_log_prob_pointwise(

@@ -191,7 +191,9 @@ class AgentAttention(nn.Module):
 
         q, k, v = split(self.w_q(h)), split(self.w_k(h)), split(torch.relu(self.w_o(h)))
         logits = q @ k.transpose(-1, -2) / math.sqrt(dh)  # [.., i, j] = k_j . q_i
-        self_mask = torch.eye(n, dtype=torch.bool, device=h.device)
+        # A float identity compared to 0, not a bool eye: ONNX's EyeLike has no bool kernel
+        # in onnxruntime, and the bundle exports this module (training/export.py).
+        self_mask = torch.eye(n, device=h.device) > 0
         alpha = torch.softmax(logits.masked_fill(self_mask, float("-inf")), dim=-1)
         e = (alpha @ v).transpose(1, 2).reshape(b, n, d)
         return e, alpha
