@@ -106,6 +106,10 @@ def _cmd_drl_train(args: argparse.Namespace) -> int:
                    progress=not args.no_progress)  # fmt: skip
 
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 owns the folder
+        # the same refusal as rank 0's (which writes nothing before the first collective), so
+        # no rank waits for a peer that has exited
+        if any(out.glob("*")) and not (args.resume or args.overwrite):
+            raise FileExistsError(f"{out} exists; pass --resume or --overwrite")
         s = train()
     else:
         with output_folder(out, resume=args.resume, overwrite=args.overwrite, what="run folder",

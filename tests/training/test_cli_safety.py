@@ -135,3 +135,13 @@ def test_a_failed_sanity_check_exits_non_zero(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(rep, "run_drl_report", fake)
     assert main(["drl-report", "--out", str(tmp_path / "o")]) == 1
     assert "control" in capsys.readouterr().err
+
+
+def test_a_torchrun_peer_rank_refuses_an_existing_run_too(tiny_data, tmp_path, monkeypatch):
+    ds, _, _ = tiny_data
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train.json").write_text("{}")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["drl-train", "--data", str(ds.root), "--out", str(out), *TINY_TRAIN]) == 2
+    assert (out / "train.json").read_text() == "{}"
