@@ -19,8 +19,9 @@ list field of the next request). /v1/models, /healthz, /readyz, /metrics, and th
 token-protected /admin/reload and /admin/experiment.
 
 Default experiment (no ``experiment_file``): ``drl_student`` 80% (exploration 5% per
-position among its top 3), ``drl_teacher`` 10%, ``wide_deep_weighted`` 10%, over whichever of
-these the bundle has (weights renormalised), seed ``ranker-default``.
+position among its top 3), ``drl_teacher`` 10%, ``wide_deep_weighted`` 10%, ``mmrf_watchtime``
+10% (:data:`DEFAULT_SPLIT`), over whichever of these the bundle has (weights renormalised: with
+all four, 0.8 / 1.1 = 72.7% and 9.1% each), seed ``ranker-default``.
 """
 
 from __future__ import annotations
@@ -78,8 +79,14 @@ from service.state_store import StateStore, build_state_store, state_key
 
 log = logging.getLogger("ranker")
 
+#: (arm, weight, exploration rate, exploration top-k) of the built-in experiment. Appending
+#: an arm leaves the weights of bundles without it as they were (renormalised over the arms a
+#: bundle has). ``mmrf_watchtime`` (MMRF's WatchTime actor) gets the comparison arms' 0.1:
+#: the watch-time A/B of issue 10 compares it with ``wide_deep_weighted`` and the student,
+#: so it needs as much traffic as the arm it is measured against; no exploration (the actor
+#: is deterministic and its logged propensities stay 1) until its online result is known.
 DEFAULT_SPLIT = (("drl_student", 0.8, 0.05, 3), ("drl_teacher", 0.1, 0.0, 1),
-                 ("wide_deep_weighted", 0.1, 0.0, 1))  # fmt: skip
+                 ("wide_deep_weighted", 0.1, 0.0, 1), ("mmrf_watchtime", 0.1, 0.0, 1))  # fmt: skip
 
 
 @dataclass(frozen=True)
