@@ -87,7 +87,8 @@ def load_mmrf_run(run: str | Path) -> tuple[MMRFConfig, MultiAgentActorCritic, d
         if not f.is_file():
             raise FileNotFoundError(f"{f}: missing; is {run} a finished MMRF run folder?")
     sd = torch.load(ck, map_location="cpu", weights_only=False)
-    cfg_d = {k: tuple(v) if isinstance(v, list) else v for k, v in sd["cfg"].items()}
+    cfg_d: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                             for k, v in sd["cfg"].items()}  # fmt: skip
     cfg = MMRFConfig(**cfg_d)
     net = MultiAgentActorCritic(cfg.net())
     net.load_state_dict(sd["net"])
