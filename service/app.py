@@ -541,7 +541,7 @@ def serving_from_record(record: ControlRecord, current: Serving | None = None) -
     same folder and version: an experiment-only change loads nothing) and its experiment (or
     the default split). Blocking; raises BundleError, ValueError or OSError when the bundle
     cannot be loaded, is not the published version, or lacks an experiment arm."""
-    if (current is not None and str(current.bundle.path) == record.bundle_dir
+    if (current is not None and current.bundle.path.resolve() == Path(record.bundle_dir).resolve()
             and current.bundle.version == record.bundle_version):  # fmt: skip
         bundle = current.bundle
     else:
@@ -578,7 +578,9 @@ async def _admin_change(svc: Services) -> AsyncIterator[Any]:
             async def publish() -> ControlRecord:
                 b = svc.serving.bundle
                 exp = None if svc.default_experiment else experiment_to_dict(svc.serving.experiment)
-                rec = await asyncio.to_thread(control.publish, str(b.path), b.version, exp)
+                # Absolute: every worker reads the same folder whatever the path it was given.
+                folder = str(b.path.resolve())
+                rec = await asyncio.to_thread(control.publish, folder, b.version, exp)
                 svc.generation = rec.generation
                 await asyncio.to_thread(control.acknowledge, rec.generation, b.version, None)
                 return rec

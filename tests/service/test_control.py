@@ -100,6 +100,8 @@ async def test_an_admin_change_on_one_worker_is_served_by_every_worker(tmp_path:
         assert r.status_code == 200, r.text
         assert r.json()["status"] == "reloaded" and r.json()["generation"] == 1
         assert r.json()["workers"] == {"expected": 2, "applied": 2, "refused": {}}
+        published = ControlFolder(tmp_path / "control").read()
+        assert published is not None and published.bundle_dir == str(new_dir.resolve())
         for c in clients:
             m = (await c.get("/v1/models")).json()
             assert (m["bundle_version"], m["generation"]) == ("default-reloaded", 1)
