@@ -101,8 +101,9 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     if not (settings.bundle_dir / "manifest.json").is_file():
         print(
-            f"ranker serve: error: {settings.bundle_dir} is not a bundle folder "
-            "(no manifest.json); build one with `ranker default-bundle`",
+            f"ranker serve: error: {settings.bundle_dir} is not a bundle folder (no "
+            "manifest.json): pass --bundle DIR (RANKER_BUNDLE_DIR), or run from the repository "
+            "root for models/default (`ranker default-bundle --overwrite` rebuilds that one)",
             file=sys.stderr,
         )
         return 2

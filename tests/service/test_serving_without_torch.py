@@ -74,3 +74,34 @@ def test_app_and_serve_cli_run_with_torch_training_and_pandas_blocked(tmp_path) 
     assert not [m for m in out["attempts"] if m.split(".")[0] in ("torch", "training")], out
     assert out["help_exit"] == 0 and "--bundle" in out["help"] and "--redis-url" in out["help"]
     assert out["no_bundle"] == 2 and "not a bundle folder" in out["no_bundle_err"]
+
+
+TRAINING_WITHOUT_EXTRA = r"""
+import contextlib, importlib.abc, io, json, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "tqdm", "matplotlib", "pandas"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Block())
+import ranker_cli
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    code = ranker_cli.main(["simulate", "--preset", "tiny", "--out", sys.argv[1]])
+print(json.dumps({"code": code, "err": err.getvalue()}))
+"""
+
+
+def test_a_training_command_without_the_train_extra_says_which_extra(tmp_path) -> None:
+    """An install of the serve extra alone: `ranker simulate` names the train extra and
+    exits 2 instead of a traceback from deep inside training."""
+    proc = subprocess.run(
+        [sys.executable, "-c", TRAINING_WITHOUT_EXTRA, str(tmp_path / "world")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["code"] == 2 and "needs the train extra" in out["err"], out
+    assert not (tmp_path / "world").exists()
