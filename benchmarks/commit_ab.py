@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -33,7 +32,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.http_stack import run_wrk, wrk_script  # noqa: E402
+from benchmarks.http_stack import machine, run_wrk, save, wrk_script  # noqa: E402
 from loadtest.procs import DEFAULT_BUNDLE, free_port, tree_cpu_seconds  # noqa: E402
 
 
@@ -123,14 +122,11 @@ def main() -> int:
     out = {"path": args.path, "base": base, "head": head, "rounds": args.rounds,
            "duration_s": args.duration, "connections": args.connections,
            "cpu_ms_per_request_median": med, "head_over_base": round(h / b, 3), "runs": runs,
-           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                       "load_before": load0, "load_after": os.getloadavg()}}  # fmt: skip
+           "machine": machine(load0)}  # fmt: skip
     ratio = out["head_over_base"]
     print(f"{args.path}: server CPU per request, head {head} / base {base}: x{ratio} "
           f"({h} / {b} ms)")  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
-    print(f"saved {args.out}")
+    save(args.out, out)
     return 0
 
 

@@ -63,6 +63,19 @@ def run_wrk(url: str, script: Path, duration: float, connections: int) -> dict[s
             "non_2xx": int(bad.group(1)) if bad else 0}  # fmt: skip
 
 
+def machine(load_before: tuple[float, float, float]) -> dict:
+    """The machine block of a benchmark's JSON: platform, CPUs, load average before/after."""
+    return {"platform": platform.platform(), "cpus": os.cpu_count(),
+            "load_before": load_before, "load_after": os.getloadavg()}  # fmt: skip
+
+
+def save(out: Path, report: dict) -> None:
+    """Write ``report`` as JSON to ``out`` (folders made) and say so."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"saved {out}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
@@ -130,15 +143,12 @@ def main() -> int:
         "bundle": str(args.bundle), "duration_s": args.duration, "rounds": args.rounds,
         "connections": args.connections, "summary": summary,
         "c_stack_over_python_stack": ratios, "runs": runs,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "load_before": load0, "load_after": os.getloadavg()},
+        "machine": machine(load0),
     }  # fmt: skip
     for path, r in ratios.items():
         print(f"{path}: httptools+uvloop / h11+asyncio: rate x{r['rate']}, "
               f"CPU per request x{r['cpu_per_request']}")  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
-    print(f"saved {args.out}")
+    save(args.out, out)
     return 0
 
 
