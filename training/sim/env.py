@@ -387,7 +387,12 @@ def match_candidates(
     window = uniform(c.seed, Stream.CAND_WINDOW, *keys, np.arange(top.shape[1])[None, :])
     start = np.floor(window * size).astype(np.int32)
     sz = size[:, rank]
-    pos = w.topic_start[top[:, rank]] + (start[:, rank] + offset.astype(np.int32)) % sz
+    # An empty topic (a synthetic world can have one) has no items: its slots are drawn
+    # uniformly below (offset >= sz); meanwhile its modulo and index must stay defined.
+    pos = w.topic_start[top[:, rank]] + (start[:, rank] + offset.astype(np.int32)) % np.maximum(
+        sz, 1
+    )
+    np.minimum(pos, len(w.topic_order) - 1, out=pos)
     cands = np.empty((b, n_cand), dtype=np.int64)
     cands[:, :n_topic] = w.topic_order[pos]
     # Slots filled uniformly: the last C - n_topic, and a small topic's slots beyond its size.
