@@ -107,8 +107,15 @@ class Settings(BaseSettings):
     redis_breaker_ms: float = Field(
         1000.0,
         ge=0,
-        description="After a Redis failure, skip Redis (cold state, no write) for this many "
-        "milliseconds before trying again; 0 tries on every call.",
+        description="After a Redis connection error, or redis_breaker_timeouts read timeouts "
+        "in a row, skip Redis (cold state, no write) for this many milliseconds before trying "
+        "again; 0 tries on every call.",
+    )
+    redis_breaker_timeouts: int = Field(
+        3,
+        ge=1,
+        description="Consecutive Redis read timeouts that open the breaker (one late reply "
+        "from a busy worker's event loop costs that request its state, not the next second's).",
     )
 
     # Exposure and feedback log.

@@ -14,11 +14,15 @@ Prometheus (``Metrics.record_state_event``); the store creates no metrics itself
 
 ``RedisStore`` and a failing Redis: every command is bounded by the socket connect and read
 timeouts (redis-py's own retries are switched off, so a call costs at most one connect plus
-one read timeout). After a failure a circuit breaker skips Redis for ``breaker_ms``: calls in
-that window return a cold state at once (counted as ``circuit_open``) instead of each paying
-the timeout. A connection error also closes every idle pooled connection (they died with the
-one that failed), so the first calls after the window open new connections and the store
-recovers by itself, within one window, when Redis is back.
+one read timeout). A connection error, or ``breaker_timeouts`` read timeouts in a row, open a
+circuit breaker that skips Redis for ``breaker_ms``: calls in that window return a cold state
+at once (counted as ``circuit_open``) instead of each paying the timeout. A single timeout
+does not open it: a worker whose event loop is busy near saturation reads a healthy Redis's
+reply late now and then, and one late reply should cost one request its state, not every
+request for a second. After the window one more failure reopens it; a success closes it.
+A connection error also closes every idle pooled connection (they died with the one that
+failed), so the first calls after the window open new connections and the store recovers by
+itself, within one window, when Redis is back.
 """
 
 from __future__ import annotations
@@ -165,10 +169,10 @@ class RedisStore:
     """Session states in Redis, shared by replicas; a failing Redis degrades to cold states.
 
     Keys are ``prefix + key``; every ``set`` carries the TTL (``SET .. PX ttl_ms``). Timeouts
-    are in milliseconds; ``breaker_ms`` is how long Redis is skipped after a failure (0: never
-    skip). ``clock`` (seconds, monotonic) is for tests. The client is built here with
-    ``redis.asyncio.from_url``; raises ValueError for a malformed URL or non-positive TTL or
-    timeouts.
+    are in milliseconds; ``breaker_ms`` is how long Redis is skipped after a connection error
+    or ``breaker_timeouts`` consecutive timeouts (0: never skip). ``clock`` (seconds,
+    monotonic) is for tests. The client is built here with ``redis.asyncio.from_url``; raises
+    ValueError for a malformed URL, a non-positive TTL or timeout, or ``breaker_timeouts < 1``.
     """
 
     def __init__(
@@ -180,6 +184,7 @@ class RedisStore:
         connect_timeout_ms: float = 50.0,
         read_timeout_ms: float = 20.0,
         breaker_ms: float = 1000.0,
+        breaker_timeouts: int = 3,
         clock: Callable[[], float] = time.monotonic,
         on_event: EventCallback | None = None,
     ) -> None:
@@ -192,6 +197,10 @@ class RedisStore:
                 raise ValueError(f"{name} {v!r} must be > 0")
         if breaker_ms < 0:
             raise ValueError(f"breaker_ms {breaker_ms!r} must be >= 0")
+        if breaker_timeouts < 1:
+            raise ValueError(f"breaker_timeouts {breaker_timeouts!r} must be >= 1")
+        self.breaker_timeouts = breaker_timeouts
+        self._timeouts = 0  # consecutive read timeouts; a success resets it
         self.prefix = prefix
         self.ttl_ms = max(1, round(ttl_s * 1000))
         self.breaker_s = breaker_ms / 1000
@@ -232,7 +241,9 @@ class RedisStore:
         else:
             reason = "redis_error"
         self.stats.record("error", reason)
-        if self.breaker_s > 0:
+        if reason == "timeout":
+            self._timeouts += 1
+        if self.breaker_s > 0 and (reason != "timeout" or self._timeouts >= self.breaker_timeouts):
             self._skip_until = self._clock() + self.breaker_s
         if reason == "connection":
             # The idle pooled connections died with this one (Redis restarted, or the network
@@ -255,6 +266,7 @@ class RedisStore:
         except (RedisError, OSError, TimeoutError) as exc:
             await self._failed(exc)
             return None, False
+        self._timeouts = 0
         self.stats.record("miss" if value is None else "hit")
         return cast(bytes | None, value), True  # decode_responses=False: Redis returns bytes
 
@@ -269,6 +281,7 @@ class RedisStore:
         except (RedisError, OSError, TimeoutError) as exc:
             await self._failed(exc)
             return
+        self._timeouts = 0
         self.stats.record("set")
 
     async def delete(self, key: str) -> None:
@@ -300,5 +313,6 @@ def build_state_store(settings: Settings, on_event: EventCallback | None = None)
         connect_timeout_ms=settings.redis_connect_timeout_ms,
         read_timeout_ms=settings.redis_read_timeout_ms,
         breaker_ms=settings.redis_breaker_ms,
+        breaker_timeouts=settings.redis_breaker_timeouts,
         on_event=on_event,
     )

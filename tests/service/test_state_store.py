@@ -266,3 +266,33 @@ async def test_connections_pooled_before_an_outage_are_not_reused_after_it(
         assert [ok for _, ok in got] == [True] * 8, dict(store.stats.errors)
     assert store.stats.errors["connection"] == 1, dict(store.stats.errors)
     await store.close()
+
+
+@pytest.mark.asyncio
+async def test_timeouts_open_the_breaker_only_when_consecutive(redis_server: RedisServer) -> None:
+    """One late reply (a busy event loop) costs that call its state and leaves the breaker
+    closed; ``breaker_timeouts`` timeouts in a row open it; a success in between resets the
+    count. A connection error still opens it at once (the tests above)."""
+    clock = FakeClock()
+    store = RedisStore(redis_server.url, 60.0, connect_timeout_ms=2000, read_timeout_ms=200,
+                       breaker_ms=500, breaker_timeouts=2, clock=clock)  # fmt: skip
+    await store.set("k", b"v")
+    assert redis_server.proc is not None
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)  # replies stop: every call times out
+    try:
+        assert await store.lookup("k") == (None, False)
+        assert store.stats.errors["timeout"] == 1 and not store.breaker_open
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    assert await store.lookup("k") == (b"v", True)  # a success: the count starts again
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        await store.lookup("k")
+        assert not store.breaker_open
+        await store.lookup("k")  # the second in a row
+        assert store.stats.errors["timeout"] == 3 and store.breaker_open
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    await store.close()
+    with pytest.raises(ValueError, match="breaker_timeouts"):
+        RedisStore(redis_server.url, 60.0, breaker_timeouts=0)
