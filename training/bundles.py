@@ -51,24 +51,29 @@ __all__ = [
 ]
 
 
+def _finished_run(run: Path, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(checkpoint, train.json summary)`` of a finished ``kind`` run folder; raises
+    FileNotFoundError naming the missing file."""
+    ck, summ = run / "checkpoint.pt", run / "train.json"
+    for f in (ck, summ):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: missing; is {run} a finished {kind} run folder?")
+    return torch.load(ck, map_location="cpu", weights_only=False), json.loads(summ.read_text())
+
+
 def load_drl_run(run: str | Path) -> tuple[DRLConfig, DRLRec, dict[str, Any]]:
     """The config, trained teacher + student and summary of a ``ranker drl-train`` folder.
 
     Raises FileNotFoundError when the folder has no finished run (``checkpoint.pt`` and
     ``train.json``)."""
-    run = Path(run)
-    ck, summ = run / "checkpoint.pt", run / "train.json"
-    for f in (ck, summ):
-        if not f.is_file():
-            raise FileNotFoundError(f"{f}: missing; is {run} a finished drl-train run folder?")
-    sd = torch.load(ck, map_location="cpu", weights_only=False)
+    sd, summary = _finished_run(Path(run), "drl-train")
     cfg_d = dict(sd["cfg"])
     cfg_d["mlp"] = tuple(cfg_d["mlp"])
     cfg_d["loss_weights"] = tuple(cfg_d["loss_weights"])
     cfg = DRLConfig(**cfg_d)
     model = DRLRec(cfg)
     model.load_state_dict(sd["model"])
-    return cfg, model.eval(), json.loads(summ.read_text())
+    return cfg, model.eval(), summary
 
 
 #: The bundle model (and service arm) name of MMRF's WatchTime actor.
@@ -81,18 +86,12 @@ def load_mmrf_run(run: str | Path) -> tuple[MMRFConfig, MultiAgentActorCritic, d
 
     Raises FileNotFoundError when the folder has no finished run (``checkpoint.pt`` and
     ``train.json``)."""
-    run = Path(run)
-    ck, summ = run / "checkpoint.pt", run / "train.json"
-    for f in (ck, summ):
-        if not f.is_file():
-            raise FileNotFoundError(f"{f}: missing; is {run} a finished MMRF run folder?")
-    sd = torch.load(ck, map_location="cpu", weights_only=False)
+    sd, summary = _finished_run(Path(run), "MMRF")
     cfg_d: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
                              for k, v in sd["cfg"].items()}  # fmt: skip
     cfg = MMRFConfig(**cfg_d)
     net = MultiAgentActorCritic(cfg.net())
     net.load_state_dict(sd["net"])
-    summary = json.loads(summ.read_text())
     summary["reward_scale"] = dict(sd["reward_scale"])
     return cfg, net.eval(), summary
 

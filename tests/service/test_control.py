@@ -8,7 +8,6 @@ is in test_app_processes.py.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from contextlib import AsyncExitStack
@@ -153,4 +152,3 @@ async def test_a_worker_that_cannot_load_the_published_bundle_says_so(tmp_path: 
         (ack,) = folder.acks(1)
         assert ack.worker == svc.control.worker
         assert "published some-other-version" in (ack.error or "")
-    assert os.path.isdir(tmp_path / "control" / "acks")
