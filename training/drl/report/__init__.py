@@ -59,6 +59,7 @@ import torch
 
 from training.drl.report.aggregate import aggregate
 from training.drl.report.claims import best_at, compression_shape
+from training.drl.report.measures import run_cost
 from training.drl.report.plan import (
     ABLATIONS,
     GROUPS,
@@ -73,7 +74,7 @@ from training.drl.report.plan import (
     sweep_run_name,
 )
 from training.drl.report.render import build_report
-from training.drl.report.runs import run_cost, run_seed, same_config, train_prefix
+from training.drl.report.runs import run_seed, same_config, train_prefix
 from training.harness.claims import SanityError, direction_status, ratio_status
 from training.harness.config import check_device, check_seeds
 from training.harness.runfolder import output_folder, timestamped
