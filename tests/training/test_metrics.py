@@ -392,3 +392,268 @@ def test_mean_ci_errors() -> None:
         mean_ci(np.array([1.0]))
     with pytest.raises(ValueError, match="alpha"):
         mean_ci(np.array([1.0, 2.0]), alpha=1.5)
+
+
+# ------------------------------------------------------------------------------------------
+# Input validation: every public metric refuses bad input with a ValueError naming the argument
+# ------------------------------------------------------------------------------------------
+
+
+def test_gauc_object_user_ids_with_none_is_a_value_error() -> None:
+    # The fault: numpy's sort of [1, None, 2] raised a TypeError from inside np.unique.
+    u = np.array([1, None, 2, 1], dtype=object)
+    with pytest.raises(ValueError, match=r"user_ids .*None at index 1"):
+        gauc(u, np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.5, 0.2]))
+
+
+def test_gauc_object_user_ids_of_one_type_give_the_right_value() -> None:
+    # user "a": positive 0.9 vs negative 0.2 -> AUC 1 (2 rows); user "b": positive 0.3 vs
+    # negatives 0.4 and 0.1 -> AUC 1/2 (3 rows). GAUC = (2 * 1 + 3 * 0.5) / 5 = 0.7.
+    y = np.array([1, 0, 1, 0, 0])
+    s = np.array([0.9, 0.2, 0.3, 0.4, 0.1])
+    strs = np.array(["a", "a", "b", "b", "b"], dtype=object)
+    ints = np.array([7, 7, 3, 3, 3], dtype=object)
+    assert gauc(strs, y, s) == (pytest.approx(0.7, abs=1e-12), 2)
+    assert gauc(ints, y, s) == (pytest.approx(0.7, abs=1e-12), 2)
+    assert gauc(strs.astype(str), y, s) == (pytest.approx(0.7, abs=1e-12), 2)
+
+
+@pytest.mark.parametrize(
+    ("ids", "match"),
+    [
+        (np.array([1.0, np.nan, 2.0]), r"user_ids contains 1 NaN"),
+        (np.array([1, np.nan, 2], dtype=object), r"user_ids .*nan at index 1"),
+        (np.array([1, "b", 2], dtype=object), r"user_ids mixes integers and strings"),
+        (np.array([1, 2.5, 2], dtype=object), r"user_ids .*2.5 at index 1"),
+        (np.array([1 + 1j, 2, 3]), r"user_ids must hold integers or strings"),
+        (None, r"user_ids is None"),
+    ],
+)
+def test_gauc_refuses_bad_user_ids(ids: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        gauc(ids, np.array([1, 0, 1]), np.array([0.9, 0.1, 0.5]))  # type: ignore[arg-type]
+
+
+Y3 = np.array([1, 0, 1])
+S3 = np.array([0.9, 0.1, 0.5])
+
+
+@pytest.mark.parametrize(
+    ("y", "s", "match"),
+    [
+        (np.array([1, None, 0], dtype=object), S3, r"y_true .*dtype object.*None at index 1"),
+        (np.array([1.0, np.nan, 0.0]), S3, r"y_true contains 1 NaN"),
+        (np.array(["1", "0", "1"]), S3, r"y_true must be numeric"),
+        (Y3, np.array([0.9, None, 0.5], dtype=object), r"y_score .*None at index 1"),
+        (Y3, np.array(["a", "b", "c"]), r"y_score must be numeric"),
+        (Y3, np.array([0.9, np.nan, 0.5]), r"y_score contains 1 NaN"),
+        (Y3, np.array([0.9, 0.1]), r"same length.*y_true=3, y_score=2"),
+        (np.array([], dtype=int), np.array([]), r"empty.*y_true, y_score"),
+        (None, S3, r"y_true is None"),
+        (Y3, np.ones((3, 1)), r"y_score must be 1-D"),
+    ],
+)
+def test_auc_and_gauc_refuse_bad_labels_and_scores(y: object, s: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        auc(y, s)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=match):
+        gauc(np.array([1, 1, 1])[: len(s) if s is not None else 3], y, s)  # type: ignore[arg-type]
+
+
+def test_auc_refuses_bad_weights() -> None:
+    with pytest.raises(ValueError, match=r"sample_weight .*None at index 0"):
+        auc(np.array([1, 0, 0]), S3, np.array([None, 1.0, 1.0], dtype=object))
+    with pytest.raises(ValueError, match=r"sample_weight must be finite.*nan at index 2"):
+        auc(np.array([1, 0, 0]), S3, np.array([1.0, 1.0, np.nan]))
+    with pytest.raises(ValueError, match=r"same length.*sample_weight=2"):
+        auc(np.array([1, 0, 0]), S3, np.array([1.0, 1.0]))
+
+
+def test_rela_impr_refuses_non_numbers_and_out_of_range() -> None:
+    with pytest.raises(ValueError, match="auc_model must be a real number"):
+        rela_impr(None, 0.7)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="auc_base must be a real number"):
+        rela_impr(0.7, "0.6")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"auc_model must be an AUC in \[0, 1\], got nan"):
+        rela_impr(float("nan"), 0.7)
+    with pytest.raises(ValueError, match=r"auc_base must be an AUC in \[0, 1\], got 1.5"):
+        rela_impr(0.7, 1.5)
+
+
+def test_ncis_cap_inf_is_snips_by_hand() -> None:
+    # ratios pi/mu = 0.2/0.1, 0.1/0.4, 0.6/0.2 = 2, 0.25, 3; rewards 1, 4, 0
+    # SNIPS = (2*1 + 0.25*4 + 3*0) / (2 + 0.25 + 3) = 3 / 5.25 = 4/7
+    # ESS = 5.25^2 / (4 + 0.0625 + 9) = 27.5625 / 13.0625
+    pi, mu, r = np.array([0.2, 0.1, 0.6]), np.array([0.1, 0.4, 0.2]), np.array([1.0, 4.0, 0.0])
+    res = ncis(pi, mu, r, cap=np.inf)
+    assert res.value == pytest.approx(4 / 7, abs=1e-12)
+    assert res.ess == pytest.approx(27.5625 / 13.0625, abs=1e-12)
+    assert res.cap == np.inf and res.clipped_fraction == 0.0 and res.n == 3
+    # a cap of 2.5 binds on the third unit only: (2 + 1 + 0) / (2 + 0.25 + 2.5)
+    assert ncis(pi, mu, r, cap=2.5).value == pytest.approx(3 / 4.75, abs=1e-12)
+    assert ncis_per_aspect(pi, mu, {"click": r}, cap=np.inf)["click"] == res
+
+
+@pytest.mark.parametrize(
+    ("cap", "match"),
+    [
+        (0.0, r"cap must be > 0 \(np.inf for no cap\), got 0.0"),
+        (-1.0, r"cap must be > 0"),
+        (float("nan"), r"cap must be > 0 .*got nan"),
+        (-np.inf, r"cap must be > 0"),
+        (None, r"cap must be a real number, got None"),
+        ("10", r"cap must be a real number, got '10'"),
+    ],
+)
+def test_ncis_refuses_bad_caps(cap: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ncis(np.array([0.2]), np.array([0.1]), np.array([1.0]), cap=cap)  # type: ignore[arg-type]
+
+
+ONE = np.array([0.5, 0.5])
+
+
+@pytest.mark.parametrize(
+    ("pi", "mu", "r", "match"),
+    [
+        (ONE, np.array([0.5, np.nan]), ONE, r"behaviour_prob must be finite.*nan at index 1"),
+        (ONE, np.array([0.5, -0.1]), ONE, r"behaviour_prob .*positive, got -0.1 at index 1"),
+        (ONE, np.array([0.5, None], dtype=object), ONE, r"behaviour_prob .*None at index 1"),
+        (np.array([np.nan, 0.5]), ONE, ONE, r"target_prob must be finite.*index 0"),
+        (np.array([-0.5, 0.5]), ONE, ONE, r"target_prob must be finite and non-negative"),
+        (np.array(["a", "b"]), ONE, ONE, r"target_prob must be numeric"),
+        (ONE, ONE, np.array([1.0, np.nan]), r"reward must be finite.*index 1"),
+        (ONE, ONE, np.array([1.0, np.inf]), r"reward must be finite"),
+        (ONE, ONE, np.array([None, 1.0], dtype=object), r"reward .*None at index 0"),
+        (np.array([]), np.array([]), np.array([]), r"empty.*target_prob, behaviour_prob"),
+        (ONE, np.array([0.5]), ONE, r"same length.*target_prob=2, behaviour_prob=1"),
+        (None, ONE, ONE, r"target_prob is None"),
+    ],
+)
+def test_ncis_refuses_bad_inputs(pi: object, mu: object, r: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ncis(pi, mu, r, cap=10.0)  # type: ignore[arg-type]
+
+
+def test_ncis_per_aspect_names_the_aspect() -> None:
+    with pytest.raises(ValueError, match=r"rewards\['like'\] must be finite"):
+        ncis_per_aspect(ONE, ONE, {"click": ONE, "like": np.array([0.0, np.nan])}, cap=2.0)
+    with pytest.raises(ValueError, match="rewards must map aspect names"):
+        ncis_per_aspect(ONE, ONE, [ONE], cap=2.0)  # type: ignore[arg-type]
+
+
+def test_slate_log_prob_refuses_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="is None"):
+        slate_log_prob(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must be numeric"):
+        slate_log_prob(np.array([["a", "b"]]))
+    with pytest.raises(ValueError, match="empty"):
+        slate_log_prob(np.zeros((2, 0)))
+
+
+def test_bootstrap_and_mean_ci_refuse_bad_inputs() -> None:
+    x = np.arange(5.0)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"groups .*None at index 2"):
+        bootstrap_ci(np.mean, x, rng=rng, groups=np.array([1, 1, None, 2, 2], dtype=object))
+    with pytest.raises(ValueError, match="n_boot must be an integer"):
+        bootstrap_ci(np.mean, x, n_boot=2.5, rng=rng)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="alpha must be a real number"):
+        bootstrap_ci(np.mean, x, alpha=None, rng=rng)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty"):
+        bootstrap_ci(np.mean, np.array([]), rng=rng)
+    with pytest.raises(ValueError, match="must not be None"):
+        bootstrap_ci(np.mean, None, rng=rng)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"x .*None at index 1"):
+        mean_ci(np.array([1.0, None, 2.0], dtype=object))
+    with pytest.raises(ValueError, match=r"x must be finite.*nan at index 0"):
+        mean_ci(np.array([np.nan, 1.0, 2.0]))
+
+
+# ------------------------------------------------------------------------------------------
+# training.eval.slates: the slate estimators' inputs
+# ------------------------------------------------------------------------------------------
+
+
+def test_ncis_estimate_without_cap_is_snips() -> None:
+    from training.eval.slates import ncis_estimate
+
+    # ratios 2, 0.25, 3 (as logs); rewards 1, 4, 0 -> SNIPS 4/7 as in the hand example above
+    lr = np.log(np.array([2.0, 0.25, 3.0]))
+    est = ncis_estimate(lr, np.array([1.0, 4.0, 0.0]), np.array(["a", "b", "c"]), np.inf, 20,
+                        np.random.default_rng(0))  # fmt: skip
+    assert est["value"] == pytest.approx(4 / 7, abs=1e-12)
+    assert est["clipped_fraction"] == 0.0 and est["log_cap"] == np.inf
+
+
+@pytest.mark.parametrize(
+    ("lr", "r", "users", "log_cap", "match"),
+    [
+        (np.array([0.0, np.nan]), ONE, np.arange(2), 1.0, r"log_ratio contains 1 NaN"),
+        (np.array([0.0, np.inf]), ONE, np.arange(2), 1.0, r"log_ratio contains \+inf"),
+        (np.array([0.0, 0.0]), np.array([1.0, np.nan]), np.arange(2), 1.0, r"reward must be"),
+        (np.zeros(2), ONE, np.array([1, None], dtype=object), 1.0, r"users .*None at index 1"),
+        (np.zeros(2), ONE, np.arange(3), 1.0, r"same length.*users=3"),
+        (np.zeros(0), np.zeros(0), np.arange(0), 1.0, r"empty"),
+        (np.zeros(2), ONE, np.arange(2), float("nan"), r"log_cap must be a number or inf"),
+        (np.zeros(2), ONE, np.arange(2), None, r"log_cap must be a real number"),
+        (np.full(2, -np.inf), ONE, np.arange(2), 1.0, r"every log_ratio is -inf"),
+    ],
+)
+def test_ncis_estimate_refuses_bad_inputs(lr, r, users, log_cap, match) -> None:
+    from training.eval.slates import ncis_estimate
+
+    with pytest.raises(ValueError, match=match):
+        ncis_estimate(lr, r, users, log_cap, 10, np.random.default_rng(0))
+
+
+def test_ess_and_compare_refuse_bad_inputs() -> None:
+    from training.eval.slates import compare, ess
+
+    assert ess(np.log(np.array([1.0, 3.0]))) == pytest.approx(1.6, abs=1e-12)  # 16 / 10
+    with pytest.raises(ValueError, match="log_w contains 1 NaN"):
+        ess(np.array([0.0, np.nan]))
+    with pytest.raises(ValueError, match="empty"):
+        ess(np.array([]))
+    with pytest.raises(ValueError, match="log_w needs finite entries"):
+        ess(np.array([-np.inf, -np.inf]))
+    good = {"value": 1.0, "low": 0.5, "high": 1.5}
+    assert compare(good, good)["bias"] == 0.0
+    with pytest.raises(ValueError, match="online has no 'low'"):
+        compare(good, {"value": 1.0, "high": 2.0})
+    with pytest.raises(ValueError, match=r"est\['high'\] must be finite, got nan"):
+        compare({**good, "high": float("nan")}, good)
+
+
+def test_slate_estimators_refuse_bad_propensities_scores_and_temperatures(tiny_data) -> None:
+    import dataclasses
+
+    from training.eval.slates import (
+        behaviour_log_prob,
+        choose_temperature,
+        slate_log_prob_from_scores,
+    )
+
+    _, _, req = tiny_data
+    assert np.all(np.isfinite(behaviour_log_prob(req)))
+    for bad, shown in ((0.0, "0.0"), (-0.2, "-0.2"), (np.nan, "nan"), (1.5, "1.5")):
+        p = req.propensity.copy()
+        p[3, 1] = bad
+        with pytest.raises(ValueError, match=rf"propensity .*{shown} at request 3, slot 1"):
+            behaviour_log_prob(dataclasses.replace(req, propensity=p))
+    k = req.list_size
+    scores = np.zeros((req.n_requests, k, req.cand_item.shape[1]))
+    assert slate_log_prob_from_scores(scores, req, 1.0).shape == (req.n_requests,)
+    with pytest.raises(ValueError, match="scores must have shape"):
+        slate_log_prob_from_scores(scores[:, :1], req, 1.0)
+    poisoned = scores.copy()
+    poisoned[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="scores contains NaN"):
+        slate_log_prob_from_scores(poisoned, req, 1.0)
+    for t in (0.0, -1.0, np.inf, np.nan):
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            slate_log_prob_from_scores(scores, req, t)
+    with pytest.raises(ValueError, match="temperatures is empty"):
+        choose_temperature(scores, req, (), 0.1)
+    with pytest.raises(ValueError, match=r"min_ess_share must be in \(0, 1\]"):
+        choose_temperature(scores, req, (1.0,), 0.0)

@@ -40,6 +40,8 @@ _Z_975 = 1.959964  # standard-normal 0.975 quantile, the z for a 95% two-sided i
 
 
 def _as_1d(name: str, a: object) -> np.ndarray:
+    if a is None:
+        raise ValueError(f"{name} is None; expected a 1-D array")
     arr = np.asarray(a)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
@@ -53,8 +55,52 @@ def _check_same_length(**arrays: np.ndarray) -> int:
         raise ValueError(f"inputs must have the same length, got {detail}")
     n = next(iter(lengths.values()))
     if n == 0:
-        raise ValueError("inputs are empty")
+        raise ValueError(f"inputs are empty ({', '.join(lengths)} have length 0)")
     return n
+
+
+def _numeric(name: str, a: object) -> np.ndarray:
+    """``a`` as a 1-D float64 array; refuses non-numeric dtypes (object arrays holding None,
+    strings, ...) with a ValueError naming ``name``. NaN and inf are left to the caller."""
+    arr = _as_1d(name, a)
+    if arr.dtype.kind not in "iufb":
+        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}{_example(arr)}")
+    return arr.astype(np.float64, copy=False)
+
+
+def _example(arr: np.ndarray) -> str:
+    """`` (e.g. None at index 3)`` for the first element of an object array that is not a real
+    number, else ``""``."""
+    if arr.dtype != object:
+        return ""
+    for i, v in enumerate(arr.tolist()):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            return f" (e.g. {v!r} at index {i})"
+    return ""
+
+
+def _no_nan(name: str, a: np.ndarray) -> None:
+    bad = np.isnan(a)
+    if bad.any():
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} NaN value(s), first at index {int(np.argmax(bad))}"
+        )
+
+
+def _finite(name: str, a: np.ndarray) -> None:
+    bad = ~np.isfinite(a)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"{name} must be finite: {int(bad.sum())} value(s) are not, e.g. {a[i]} at index {i}"
+        )
+
+
+def _number(name: str, v: object) -> float:
+    """A real scalar (int or float, not bool) as a float; ValueError naming ``name`` otherwise."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a real number, got {v!r}")
+    return float(v)
 
 
 def _binary_labels(y_true: object) -> np.ndarray:
@@ -62,7 +108,9 @@ def _binary_labels(y_true: object) -> np.ndarray:
     if y.dtype == np.bool_:
         return y
     if y.dtype.kind not in "iuf":
-        raise ValueError(f"y_true must be numeric 0/1 or bool, got dtype {y.dtype}")
+        raise ValueError(f"y_true must be numeric 0/1 or bool, got dtype {y.dtype}{_example(y)}")
+    if y.dtype.kind == "f":
+        _no_nan("y_true", y)
     pos = y == 1
     if not np.all(pos | (y == 0)):
         bad = np.unique(y[~(pos | (y == 0))])[:5]
@@ -71,13 +119,42 @@ def _binary_labels(y_true: object) -> np.ndarray:
 
 
 def _scores(y_score: object) -> np.ndarray:
-    s = _as_1d("y_score", y_score)
-    if s.dtype.kind not in "iufb":
-        raise ValueError(f"y_score must be numeric, got dtype {s.dtype}")
-    s = s.astype(np.float64, copy=False)
-    if np.isnan(s).any():
-        raise ValueError(f"y_score contains {int(np.isnan(s).sum())} NaN value(s)")
+    s = _numeric("y_score", y_score)
+    _no_nan("y_score", s)
     return s
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _group_ids(name: str, ids: object) -> np.ndarray:
+    """Group keys (user ids, cluster ids) as a 1-D array ``np.unique`` can sort: integers,
+    bools, finite floats, or strings. An object array must hold only integers or only strings
+    (it is converted to int64 or str). Refuses None, NaN, mixed or other types with a
+    ValueError naming ``name`` and the first offending index."""
+    u = _as_1d(name, ids)
+    kind = u.dtype.kind
+    if kind == "f":
+        _no_nan(name, u)
+        return u
+    if kind in "iubUS":
+        return u
+    if kind != "O":
+        raise ValueError(f"{name} must hold integers or strings, got dtype {u.dtype}")
+    values = u.tolist()
+    if all(isinstance(v, str) for v in values):
+        return u.astype(str)
+    if all(_is_int(v) for v in values):
+        return u.astype(np.int64)
+    for i, v in enumerate(values):
+        if not (isinstance(v, str) or _is_int(v)):
+            raise ValueError(f"{name} must hold integers or strings, found {v!r} at index {i}")
+    i = next(i for i, v in enumerate(values) if _is_int(v) != _is_int(values[0]))
+    raise ValueError(
+        f"{name} mixes integers and strings ({values[0]!r} at index 0, {values[i]!r} at index "
+        f"{i}); use one type"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,8 +190,10 @@ def auc(
         AUC in [0, 1] (a probability; 0.5 is a random ranking).
 
     Raises:
-        ValueError: shapes differ, inputs empty, labels not binary, NaN scores, bad weights,
-            or only one class present (with positive weight).
+        ValueError: naming the argument: an input None, not 1-D, of a non-numeric dtype (e.g.
+            an object array holding None), shapes differ, inputs empty, labels not binary or
+            NaN, NaN scores, weights negative or not finite, or only one class present (with
+            positive weight).
     """
     y = _binary_labels(y_true)
     s = _scores(y_score)
@@ -122,9 +201,10 @@ def auc(
         _check_same_length(y_true=y, y_score=s)
         w = np.ones(y.shape[0], dtype=np.float64)
     else:
-        w = _as_1d("sample_weight", sample_weight).astype(np.float64, copy=False)
+        w = _numeric("sample_weight", sample_weight)
         _check_same_length(y_true=y, y_score=s, sample_weight=w)
-        if not np.all(np.isfinite(w)) or (w < 0).any():
+        _finite("sample_weight", w)
+        if (w < 0).any():
             raise ValueError("sample_weight must be finite and non-negative")
 
     w_pos_total = float(w[y].sum())
@@ -164,10 +244,12 @@ def rela_impr(auc_model: float, auc_base: float) -> float:
         The relative improvement in percent (positive is better than the base).
 
     Raises:
-        ValueError: ``auc_base`` is 0.5 (the ratio is undefined) or an input is not finite.
+        ValueError: ``auc_base`` is 0.5 (the ratio is undefined), or an input is not a number
+            in [0, 1] (NaN included); the message names the argument.
     """
-    if not (np.isfinite(auc_model) and np.isfinite(auc_base)):
-        raise ValueError(f"AUCs must be finite, got {auc_model}, {auc_base}")
+    for name, v in (("auc_model", auc_model), ("auc_base", auc_base)):
+        if not 0.0 <= _number(name, v) <= 1.0:
+            raise ValueError(f"{name} must be an AUC in [0, 1], got {v}")
     if auc_base == 0.5:
         raise ValueError("RelaImpr is undefined for auc_base == 0.5 (a random baseline)")
     return ((auc_model - 0.5) / (auc_base - 0.5) - 1.0) * 100.0
@@ -194,7 +276,8 @@ def gauc(
     numerators are kept as exact integers.
 
     Args:
-        user_ids: shape (n,), user identifiers (integers or strings). Need not be sorted.
+        user_ids: shape (n,), user identifiers: integers, finite floats or strings (an object
+            array must hold only integers or only strings). Need not be sorted.
         y_true: shape (n,), labels in {0, 1} (or bool).
         y_score: shape (n,), real scores. No NaN.
 
@@ -202,18 +285,14 @@ def gauc(
         ``(gauc, n_users_used)``: GAUC in [0, 1] and the number of users in ``U*``.
 
     Raises:
-        ValueError: shapes differ, inputs empty, labels not binary, NaN scores or user ids, or no
-            user has both classes.
+        ValueError: naming the argument: an input None, not 1-D or of a non-numeric dtype,
+            shapes differ, inputs empty, labels not binary or NaN, NaN scores, user ids None,
+            NaN, mixed integers and strings or of another type, or no user has both classes.
     """
-    u = _as_1d("user_ids", user_ids)
+    u = _group_ids("user_ids", user_ids)
     y = _binary_labels(y_true)
     s = _scores(y_score)
     n = _check_same_length(user_ids=u, y_true=y, y_score=s)
-    if u.dtype.kind == "f" and np.isnan(u).any():
-        raise ValueError("user_ids contains NaN")
-    if u.dtype.kind not in "iufbUS":
-        # object arrays etc.: map to dense integer codes first
-        _, u = np.unique(u, return_inverse=True)
 
     order = np.lexsort((s, u))
     u_sorted = u[order]
@@ -263,7 +342,7 @@ class NCISResult:
         ess: effective sample size ``(sum w)^2 / sum w^2``, in units (lists or impressions);
             between 1 and ``n``.
         n: number of logged units used.
-        cap: the cap applied to the importance ratios.
+        cap: the cap applied to the importance ratios (``inf``: none, the SNIPS estimate).
         clipped_fraction: fraction of units whose raw ratio ``pi/mu`` exceeded ``cap``.
     """
 
@@ -301,13 +380,22 @@ def slate_log_prob(log_propensities_per_position: np.ndarray) -> np.ndarray:
         shape (n_lists,) (or a 0-d array for a 1-D input): natural-log list probabilities.
 
     Raises:
-        ValueError: NaN values, values > 0 (not log-probabilities), or a 0-d input.
+        ValueError: None, a 0-d or empty input, a non-numeric dtype, NaN values, or values > 0
+            (not log-probabilities).
     """
-    lp = np.asarray(log_propensities_per_position, dtype=np.float64)
-    if lp.ndim == 0:
-        raise ValueError("log_propensities_per_position must have a position axis")
+    name = "log_propensities_per_position"
+    if log_propensities_per_position is None:
+        raise ValueError(f"{name} is None; expected an array")
+    raw = np.asarray(log_propensities_per_position)
+    if raw.ndim == 0:
+        raise ValueError(f"{name} must have a position axis")
+    if raw.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be numeric, got dtype {raw.dtype}")
+    if raw.size == 0:
+        raise ValueError(f"{name} is empty (shape {raw.shape})")
+    lp = raw.astype(np.float64, copy=False)
     if np.isnan(lp).any():
-        raise ValueError("log_propensities_per_position contains NaN")
+        raise ValueError(f"{name} contains NaN")
     if (lp > 1e-12).any():
         raise ValueError("log_propensities_per_position must be <= 0 (log-probabilities)")
     return np.sum(lp, axis=-1)
@@ -316,15 +404,21 @@ def slate_log_prob(log_propensities_per_position: np.ndarray) -> np.ndarray:
 def _ncis_weights(
     target_prob: np.ndarray, behaviour_prob: np.ndarray, cap: float
 ) -> tuple[np.ndarray, float]:
-    pi = _as_1d("target_prob", target_prob).astype(np.float64, copy=False)
-    mu = _as_1d("behaviour_prob", behaviour_prob).astype(np.float64, copy=False)
+    pi = _numeric("target_prob", target_prob)
+    mu = _numeric("behaviour_prob", behaviour_prob)
     _check_same_length(target_prob=pi, behaviour_prob=mu)
-    if not np.isfinite(cap) or cap <= 0:
-        raise ValueError(f"cap must be a positive finite number, got {cap}")
-    if not np.all(np.isfinite(pi)) or (pi < 0).any():
+    c = _number("cap", cap)
+    if not c > 0:  # NaN fails this too
+        raise ValueError(f"cap must be > 0 (np.inf for no cap), got {cap}")
+    _finite("target_prob", pi)
+    if (pi < 0).any():
         raise ValueError("target_prob must be finite and non-negative")
-    if not np.all(np.isfinite(mu)) or (mu <= 0).any():
-        raise ValueError("behaviour_prob must be finite and strictly positive")
+    _finite("behaviour_prob", mu)
+    if (mu <= 0).any():
+        i = int(np.argmax(mu <= 0))
+        raise ValueError(
+            f"behaviour_prob must be finite and strictly positive, got {mu[i]} at index {i}"
+        )
     ratio = pi / mu
     clipped = ratio > cap
     w = np.minimum(ratio, cap)
@@ -345,11 +439,10 @@ def _ncis_from_weights(w: np.ndarray, reward: np.ndarray, cap: float, clipped: f
 
 
 def _reward(name: str, reward: object, n: int) -> np.ndarray:
-    r = _as_1d(name, reward).astype(np.float64, copy=False)
+    r = _numeric(name, reward)
     if r.shape[0] != n:
         raise ValueError(f"{name} has length {r.shape[0]}, expected {n}")
-    if not np.all(np.isfinite(r)):
-        raise ValueError(f"{name} must be finite")
+    _finite(name, r)
     return r
 
 
@@ -369,7 +462,9 @@ def ncis(
 
     Capping bounds the variance (at the cost of a bias towards the behaviour policy);
     normalising by ``sum w`` instead of ``n`` makes V a weighted mean of rewards, so it stays in
-    the reward range. With ``pi == mu`` every weight is 1 and V is the plain mean reward.
+    the reward range. With ``pi == mu`` every weight is 1 and V is the plain mean reward. With
+    ``cap=np.inf`` nothing is capped and V is the self-normalised IPS (SNIPS) estimate
+    ``sum_i (pi_i/mu_i) r_i / sum_i (pi_i/mu_i)``: unbiased in the limit, high variance.
 
     Args:
         target_prob: shape (n,), pi_i: probability of the logged unit under the target policy
@@ -377,14 +472,16 @@ def ncis(
         behaviour_prob: shape (n,), mu_i: probability of the logged unit under the logging
             policy, > 0. Only the ratio matters, so a precomputed ratio with ``mu = 1`` works.
         reward: shape (n,), r_i, the unit's reward (e.g. clicks per list, watch seconds).
-        cap: positive cap on the importance ratio (unitless), e.g. 10.
+        cap: cap on the importance ratio (unitless), > 0, e.g. 10; ``np.inf`` for no cap.
 
     Returns:
         :class:`NCISResult` with the value in the reward's units.
 
     Raises:
-        ValueError: shapes differ, non-finite inputs, ``mu <= 0``, ``pi < 0``, ``cap <= 0``, or
-            all weights zero.
+        ValueError: naming the argument: an input None, not 1-D or of a non-numeric dtype,
+            shapes differ, inputs empty, non-finite (NaN, inf) probabilities or rewards,
+            ``mu <= 0``, ``pi < 0``, ``cap`` not a number, ``<= 0`` or NaN, or all weights
+            zero.
     """
     w, clipped = _ncis_weights(target_prob, behaviour_prob, cap)
     r = _reward("reward", reward, w.shape[0])
@@ -407,7 +504,7 @@ def ncis_per_aspect(
         target_prob: shape (n,), target-policy probability of each logged unit, >= 0.
         behaviour_prob: shape (n,), logging-policy probability of each logged unit, > 0.
         rewards: aspect name -> shape (n,) reward array (each in its own units).
-        cap: positive cap on the importance ratio.
+        cap: cap on the importance ratio, > 0; ``np.inf`` for no cap (SNIPS).
 
     Returns:
         aspect name -> :class:`NCISResult`, in the order of ``rewards``.
@@ -415,6 +512,8 @@ def ncis_per_aspect(
     Raises:
         ValueError: as :func:`ncis`, or ``rewards`` empty.
     """
+    if not isinstance(rewards, Mapping):
+        raise ValueError(f"rewards must map aspect names to arrays, got {type(rewards).__name__}")
     if not rewards:
         raise ValueError("rewards is empty")
     w, clipped = _ncis_weights(target_prob, behaviour_prob, cap)
@@ -430,7 +529,7 @@ def ncis_per_aspect(
 
 
 def _check_alpha(alpha: float) -> None:
-    if not 0.0 < alpha < 1.0:
+    if not 0.0 < _number("alpha", alpha) < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
 
 
@@ -469,13 +568,17 @@ def bootstrap_ci(
         ``(point, low, high)`` in the statistic's units.
 
     Raises:
-        ValueError: no arrays, lengths differ, bad ``n_boot`` or ``alpha``.
+        ValueError: no arrays, an array None or 0-d, lengths differ, empty arrays, ``n_boot``
+            not an integer >= 1, ``alpha`` not in (0, 1), or ``groups`` of the wrong length or
+            holding None, NaN or mixed types.
     """
     if not arrays:
         raise ValueError("bootstrap_ci needs at least one array")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not _is_int(n_boot) or n_boot < 1:
+        raise ValueError(f"n_boot must be an integer >= 1, got {n_boot!r}")
     _check_alpha(alpha)
+    if any(a is None for a in arrays):
+        raise ValueError("arrays must not be None")
     arrs = [np.asarray(a) for a in arrays]
     if any(a.ndim == 0 for a in arrs):
         raise ValueError("arrays must have at least one dimension")
@@ -489,7 +592,7 @@ def bootstrap_ci(
             idx = rng.integers(0, n, size=n)
             stats[b] = stat_fn(*[a[idx] for a in arrs])
     else:
-        g = _as_1d("groups", groups)
+        g = _group_ids("groups", groups)
         if g.shape[0] != n:
             raise ValueError(f"groups has length {g.shape[0]}, expected {n}")
         _, codes = np.unique(g, return_inverse=True)
@@ -531,14 +634,14 @@ def mean_ci(x: np.ndarray, alpha: float = 0.05) -> tuple[float, float, float]:
         ``(mean, low, high)`` in the units of ``x``.
 
     Raises:
-        ValueError: fewer than 2 values, non-finite values or bad ``alpha``.
+        ValueError: ``x`` None, not 1-D, non-numeric, with fewer than 2 values or non-finite
+            values, or ``alpha`` not in (0, 1).
     """
     _check_alpha(alpha)
-    v = _as_1d("x", x).astype(np.float64, copy=False)
+    v = _numeric("x", x)
     if v.shape[0] < 2:
         raise ValueError(f"mean_ci needs at least 2 values, got {v.shape[0]}")
-    if not np.all(np.isfinite(v)):
-        raise ValueError("x must be finite")
+    _finite("x", v)
     z = _Z_975 if alpha == 0.05 else statistics.NormalDist().inv_cdf(1.0 - alpha / 2.0)
     m = float(v.mean())
     half = z * float(v.std(ddof=1)) / np.sqrt(v.shape[0])

@@ -13,7 +13,16 @@ import torch
 from torch import nn
 
 from training.data.features import Requests, SideTables
-from training.eval.metrics import bootstrap_ci, ncis
+from training.eval.metrics import (
+    _check_same_length,
+    _finite,
+    _group_ids,
+    _no_nan,
+    _number,
+    _numeric,
+    bootstrap_ci,
+    ncis,
+)
 from training.eval.online import OnlineResult
 from training.eval.policies import OnlineFeatures, PointwisePolicy, RequestInputs
 from training.sim.env import Observation
@@ -120,7 +129,23 @@ def slate_log_prob_from_scores(scores: np.ndarray, req: Requests, temperature: f
 
     The same quantity as :func:`training.eval.policies.slate_log_prob_pointwise`, from
     precomputed :func:`logged_slot_scores` (so several temperatures cost one scoring).
+
+    Raises:
+        ValueError: ``scores`` not a numeric ``(R, K, C)`` array matching ``req`` (R requests,
+            K = ``req.list_size``, C candidate columns) or holding NaN, or ``temperature`` not
+            a finite number > 0.
     """
+    t = _number("temperature", temperature)
+    if not (np.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    scores = np.asarray(scores)
+    if scores.dtype.kind not in "iuf":
+        raise ValueError(f"scores must be numeric, got dtype {scores.dtype}")
+    want = (req.n_requests, req.list_size, req.cand_item.shape[1])
+    if scores.shape != want:
+        raise ValueError(f"scores must have shape (R, K, C) = {want}, got {scores.shape}")
+    if np.isnan(scores).any():
+        raise ValueError("scores contains NaN (unavailable candidates are -inf)")
     k = scores.shape[1]
     live = np.arange(k)[None, :] < req.n_shown[:, None]  # (R, K)
     z = scores.astype(np.float64) / float(temperature)
@@ -132,12 +157,40 @@ def slate_log_prob_from_scores(scores: np.ndarray, req: Requests, temperature: f
 
 
 def behaviour_log_prob(req: Requests) -> np.ndarray:
-    """``(R,)`` log-probability of each logged slate under the logging policy."""
-    return np.log(req.propensity).sum(axis=1)
+    """``(R,)`` log-probability of each logged slate under the logging policy:
+    ``sum_k log p_k`` over the request's ``(R, K)`` per-slot propensities (1 where no item
+    was shown).
+
+    Raises:
+        ValueError: no requests, or a propensity that is NaN, ``<= 0`` or ``> 1`` (named by
+            request and slot).
+    """
+    p = np.asarray(req.propensity, dtype=np.float64)
+    if p.size == 0:
+        raise ValueError("req.propensity is empty: no logged requests")
+    bad = ~((p > 0) & (p <= 1))  # NaN fails both comparisons
+    if bad.any():
+        r, k = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"req.propensity must lie in (0, 1]: {int(bad.sum())} value(s) do not, e.g. "
+            f"{p[r, k]} at request {r}, slot {k}"
+        )
+    return np.log(p).sum(axis=1)
 
 
 def ess(log_w: np.ndarray) -> float:
-    w = np.exp(log_w - log_w.max())
+    """Effective sample size ``(sum w)^2 / sum w^2`` of weights given as logs, ``w = exp(log_w)``
+    (shifted by ``max log_w`` first, so no overflow). ``(n,)`` -> a count in ``[1, n]``.
+
+    Raises:
+        ValueError: ``log_w`` empty, non-numeric, NaN, or with no finite entry.
+    """
+    lw = _numeric("log_w", log_w)
+    _check_same_length(log_w=lw)
+    _no_nan("log_w", lw)
+    if not np.isfinite(lw.max()):
+        raise ValueError(f"log_w needs finite entries (max log weight {lw.max()})")
+    w = np.exp(lw - lw.max())
     return float(w.sum() ** 2 / np.dot(w, w))
 
 
@@ -161,7 +214,17 @@ def choose_temperature(
 
     Returns a dict: ``temperature``, ``log_cap``, ``cap_quantile``, ``valid_ess_share``
     (capped), ``grid`` (per temperature: uncapped ESS, its share, median log ratio).
+
+    Raises:
+        ValueError: ``temperatures`` empty or not all finite and > 0, ``min_ess_share`` not in
+            ``(0, 1]``, or bad scores/propensities (:func:`slate_log_prob_from_scores`,
+            :func:`behaviour_log_prob`).
     """
+    if len(temperatures) == 0:
+        raise ValueError("temperatures is empty")
+    share_min = _number("min_ess_share", min_ess_share)
+    if not 0 < share_min <= 1:
+        raise ValueError(f"min_ess_share must be in (0, 1], got {min_ess_share}")
     lb = behaviour_log_prob(req)
     grid = []
     for temp in temperatures:
@@ -205,16 +268,42 @@ def ncis_estimate(
 
     The weights are rescaled by ``1/c`` (``exp(min(log_ratio, log c) - log c)`` in ``(0, 1]``)
     before :func:`training.eval.metrics.ncis` with cap 1: the same estimate, no overflow.
+    ``log_cap = inf`` is no cap (self-normalised IPS); the weights are then rescaled by the
+    largest ratio instead.
+
+    Args:
+        log_ratio: ``(n,)`` natural-log importance ratios ``log pi - log mu`` (``-inf`` allowed:
+            the target never takes that slate).
+        reward: ``(n,)`` finite rewards per slate.
+        users: ``(n,)`` user ids (integers or strings), the bootstrap's clusters.
+        log_cap: natural log of the cap, a number or ``inf``.
+
+    Raises:
+        ValueError: naming the argument: lengths differ, empty inputs, non-numeric dtypes,
+            NaN or ``+inf`` log ratios, non-finite rewards, None/NaN user ids, ``log_cap`` NaN
+            or ``-inf``, or every weight zero.
     """
-    lr = np.asarray(log_ratio, dtype=np.float64)
-    r = np.asarray(reward, dtype=np.float64)
-    w = np.exp(np.minimum(lr, log_cap) - log_cap)
+    lr = _numeric("log_ratio", log_ratio)
+    r = _numeric("reward", reward)
+    u = _group_ids("users", users)
+    _check_same_length(log_ratio=lr, reward=r, users=u)
+    _no_nan("log_ratio", lr)
+    if (lr == np.inf).any():
+        raise ValueError("log_ratio contains +inf (a behaviour probability of 0?)")
+    _finite("reward", r)
+    cap = _number("log_cap", log_cap)
+    if np.isnan(cap) or cap == -np.inf:
+        raise ValueError(f"log_cap must be a number or inf, got {log_cap}")
+    if not np.isfinite(lr.max()):
+        raise ValueError("every log_ratio is -inf: the target takes none of the logged slates")
+    shift = cap if np.isfinite(cap) else float(lr.max())
+    w = np.exp(np.minimum(lr, cap) - shift)
     res = ncis(w, np.ones_like(w), r, cap=1.0)
 
     def stat(w_: np.ndarray, r_: np.ndarray) -> float:
         return float(np.dot(w_, r_) / w_.sum())
 
-    _, lo, hi = bootstrap_ci(stat, w, r, n_boot=n_boot, rng=rng, groups=users)
+    _, lo, hi = bootstrap_ci(stat, w, r, n_boot=n_boot, rng=rng, groups=u)
     return {
         "value": res.value,
         "low": lo,
@@ -245,7 +334,18 @@ def online_clicks_per_request(
 
 def compare(est: Mapping[str, float], online: Mapping[str, float]) -> dict[str, Any]:
     """``bias = NCIS - online`` with a normal-approximation interval from the two (independent)
-    intervals' half-widths: ``h = sqrt(h_ncis^2 + h_online^2)``."""
+    intervals' half-widths: ``h = sqrt(h_ncis^2 + h_online^2)``.
+
+    Raises:
+        ValueError: ``est`` or ``online`` lacks ``value``, ``low`` or ``high``, or one of them
+            is not a finite number (named as ``est['low']`` etc.).
+    """
+    for name, d in (("est", est), ("online", online)):
+        for key in ("value", "low", "high"):
+            if key not in d:
+                raise ValueError(f"{name} has no {key!r}")
+            if not np.isfinite(_number(f"{name}[{key!r}]", d[key])):
+                raise ValueError(f"{name}[{key!r}] must be finite, got {d[key]}")
     bias = est["value"] - online["value"]
     h = math.hypot((est["high"] - est["low"]) / 2, (online["high"] - online["low"]) / 2)
     return {
