@@ -11,18 +11,29 @@ from contract.features import (
     DEPTH_EDGES,
     DURATION_EDGES_S,
     ITEM_FIELDS,
+    ITEM_TABLE_COLUMNS,
     LIST_FIELDS,
     USER_FIELDS,
+    USER_TABLE_COLUMNS,
     FeatureSpec,
     Field,
+    bucket_field,
     bucketise,
     candidate_prefix_counts,
+    category_field,
+    check_standard_layout,
     context_fields,
+    extend_spec,
+    field_ids,
     hash_ids,
+    hashed_field,
     hour_of_day,
     item_fields,
     list_fields,
     prefix_counts,
+    side_table_columns,
+    str_hash,
+    unknown_counts,
 )
 
 #: 2022-04-08 00:00 UTC in epoch milliseconds.
@@ -88,7 +99,7 @@ def test_context_fields_stack_hour_and_request_index_bucket() -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def test_item_fields_hash_ids_clip_vocabularies_and_bucket_duration() -> None:
+def test_item_fields_hash_ids_map_out_of_vocabulary_codes_to_unknown_and_bucket_duration() -> None:
     out = item_fields(
         item_id=np.array([5, -1]),
         author_raw=np.array([8191, 3]),
@@ -101,7 +112,9 @@ def test_item_fields_hash_ids_clip_vocabularies_and_bucket_duration() -> None:
         out,
         [
             [6, 1, 3, 3, 2, 9],  # 8191 % 8191 = 0 -> 1; 20 s -> bucket 3
-            [0, 4, 71, 0, 11, 0],  # negative id -> 0; tag and types clipped to the vocab
+            # negative id -> 0; tag 500 >= 72, upload 99 >= 12, music -4 < 0: unknown (0),
+            # never clipped onto the neighbouring ids 71 and 11
+            [0, 4, 0, 0, 0, 0],
         ],
     )
 
@@ -273,3 +286,161 @@ def test_check_ids_names_the_first_bad_field_and_value() -> None:
 def test_check_ids_rejects_the_wrong_number_of_fields() -> None:
     with pytest.raises(ValueError, match="expected 6 fields"):
         DEFAULT_SPEC.check_ids(np.ones((2, 5), dtype=np.int64), "item")
+
+
+# ------------------------------------------------------------------------------------------
+# Declared fields: vocab codes, categories, builders from data, extended specs
+# ------------------------------------------------------------------------------------------
+
+
+def test_vocab_fields_keep_in_range_codes_and_map_the_rest_to_unknown() -> None:
+    f = Field("u_seg_a", "user", 8)
+    raw = np.array([0, 1, 7, 8, 100, -1])
+    np.testing.assert_array_equal(field_ids(f, raw), [0, 1, 7, 0, 0, 0])
+    # Missing and fractional codes (a float column) are unknown too.
+    np.testing.assert_array_equal(field_ids(f, np.array([3.0, np.nan, 2.5])), [3, 0, 0])
+
+
+def test_category_ids_are_one_plus_the_vocabulary_index_and_zero_outside() -> None:
+    f = Field("brand", "item", 4, "category", vocab=("b", "a", "c"))
+    raw = np.array(["a", "b", "c", "zz", None, np.nan], dtype=object)
+    np.testing.assert_array_equal(field_ids(f, raw), [2, 1, 3, 0, 0, 0])
+    np.testing.assert_array_equal(field_ids(f, np.array([["c", "a"]])), [[3, 2]])
+    g = Field("shop", "item", 4, "category", vocab=(30, 10, 20))
+    np.testing.assert_array_equal(
+        field_ids(g, np.array([10, 20, 30, 15, 31, -1])), [2, 3, 1, 0, 0, 0]
+    )
+    # A whole float matches its int; NaN and fractions are unknown, never a neighbour.
+    np.testing.assert_array_equal(field_ids(g, np.array([20.0, np.nan, 20.5])), [3, 0, 0])
+
+
+def test_category_ids_refuse_values_of_the_other_type() -> None:
+    f = Field("brand", "item", 3, "category", vocab=("a", "b"))
+    with pytest.raises(ValueError, match="'brand'.*strings"):
+        field_ids(f, np.array([1, 2]))
+    g = Field("shop", "item", 3, "category", vocab=(1, 2))
+    with pytest.raises(ValueError, match="'shop'.*integer codes"):
+        field_ids(g, np.array(["1", "2"], dtype=object))
+
+
+def test_category_field_vocabulary_from_data_with_min_count_and_max_size() -> None:
+    values = ["x", "y", "x", None, "z", "y", "x", "w"]  # x 3, y 2, z 1, w 1
+    f = category_field("c", "item", values)
+    assert (f.kind, f.vocab, f.size, f.source) == ("category", ("w", "x", "y", "z"), 5, "c")
+    assert category_field("c", "item", values, min_count=2).vocab == ("x", "y")
+    # max_size keeps the most frequent; ties (w and z, once each) go to the smaller value.
+    assert category_field("c", "item", values, max_size=3).vocab == ("w", "x", "y")
+    # Ints; a whole-float column with NaN (pandas' int column with gaps) gives ints.
+    g = category_field("g", "user", np.array([5.0, np.nan, 2.0, 5.0]), source="grade")
+    assert (g.vocab, g.size, g.source) == ((2, 5), 3, "grade")
+    assert all(type(v) is int for v in g.vocab)
+    np.testing.assert_array_equal(field_ids(g, np.array([5, 2, 3])), [2, 1, 0])
+
+
+def test_category_field_refuses_fractions_mixtures_and_empty_vocabularies() -> None:
+    with pytest.raises(ValueError, match="bucket_field"):
+        category_field("c", "item", [1.5, 2.0])
+    with pytest.raises(ValueError, match="mix"):
+        category_field("c", "item", np.array(["a", 3], dtype=object))
+    with pytest.raises(ValueError, match="min_count=3"):
+        category_field("c", "item", ["a", "b", "a"], min_count=3)
+    with pytest.raises(ValueError, match="min_count"):
+        category_field("c", "item", ["a"], min_count=0)
+
+
+def test_field_rules_for_categories_are_checked() -> None:
+    with pytest.raises(ValueError, match="len\\(vocab\\) \\+ 1"):
+        Field("c", "item", 5, "category", vocab=("a", "b"))
+    with pytest.raises(ValueError, match="mixes"):
+        Field("c", "item", 3, "category", vocab=("a", 1))
+    with pytest.raises(ValueError, match="repeats"):
+        Field("c", "item", 3, "category", vocab=(1, 1))
+    with pytest.raises(ValueError, match="ints or strings"):
+        Field("c", "item", 3, "category", vocab=(1.5, 2))
+    with pytest.raises(ValueError, match="category fields"):
+        Field("c", "item", 3, "vocab", vocab=(1, 2))
+    with pytest.raises(ValueError, match="group"):
+        Field("c", "items", 3)  # type: ignore[arg-type]
+
+
+def test_bucket_field_edges_are_quantiles_of_the_data() -> None:
+    # 1..10, quartiles by linear interpolation: 1 + 9 * (0.25, 0.5, 0.75) = 3.25, 5.5, 7.75.
+    f = bucket_field("b", "user", np.arange(1, 11), n_buckets=4)
+    assert (f.kind, f.edges, f.size) == ("bucket", (3.25, 5.5, 7.75), 5)
+    np.testing.assert_array_equal(
+        field_ids(f, np.array([1.0, 3.25, 3.3, 7.75, 7.8, np.nan])), [1, 1, 2, 3, 4, 0]
+    )
+    # Repeated quantiles give one edge: 0, 0, 0, 0, 1 -> quartiles 0, 0, 0 -> edges (0,).
+    assert bucket_field("b", "user", [0, 0, 0, 0, 1, np.nan], n_buckets=4).edges == (0.0,)
+    assert bucket_field("b", "user", edges=[1, 10]).edges == (1.0, 10.0)
+    with pytest.raises(ValueError, match="edges, or values and n_buckets"):
+        bucket_field("b", "user", [1, 2], n_buckets=2, edges=[1])
+    with pytest.raises(ValueError, match="n_buckets=1"):
+        bucket_field("b", "user", [1, 2], n_buckets=1)
+    with pytest.raises(ValueError, match="no finite value"):
+        bucket_field("b", "user", [np.nan], n_buckets=2)
+
+
+def test_hashed_field_hashes_ints_and_strings_stably() -> None:
+    import zlib
+
+    f = hashed_field("h", "item", 10)
+    assert (f.kind, f.size) == ("hash", 10)
+    np.testing.assert_array_equal(field_ids(f, np.array([0, 9, 10, -3])), [1, 1, 2, 0])
+    raw = np.array(["abc", None], dtype=object)
+    expected = 1 + zlib.crc32(b"abc") % 9
+    np.testing.assert_array_equal(field_ids(f, raw), [expected, 0])
+    np.testing.assert_array_equal(str_hash(np.array(["abc"])), [zlib.crc32(b"abc")])
+    with pytest.raises(ValueError, match="size >= 2"):
+        hashed_field("h", "item", 1)
+
+
+def test_unknown_counts_per_field() -> None:
+    spec = FeatureSpec(
+        (
+            Field("user_id", "user", 100, "hash"),
+            Field("grade", "user", 3, "category", vocab=(1, 2)),
+            Field("level", "user", 4),
+        )
+    )
+    raw = {"user_id": np.array([1, 2, -1, 4]), "grade": np.array([1, 7, 2, 3]),
+           "level": np.array([0, 3, 4, 1])}  # fmt: skip
+    # user_id: one negative; grade: 7 and 3 outside the vocabulary; level: 0 and 4 (size 4).
+    assert unknown_counts(spec, "user", raw) == {"user_id": 1, "grade": 2, "level": 2}
+
+
+def test_extend_spec_appends_declared_fields_to_their_groups() -> None:
+    brand = Field("brand", "item", 3, "category", vocab=("a", "b"))
+    age = Field("age", "user", 4, "bucket", (18.0, 30.0))
+    spec = extend_spec(DEFAULT_SPEC, [brand, age])
+    names = spec.names()
+    assert names[:9] == DEFAULT_SPEC.names("user") + ["age"]
+    assert spec.names("item") == DEFAULT_SPEC.names("item") + ["brand"]
+    assert spec.names("list") == DEFAULT_SPEC.names("list")
+    assert spec.n_fields == DEFAULT_SPEC.n_fields + 2
+    check_standard_layout(spec)
+    assert FeatureSpec.from_dict(spec.to_dict()) == spec
+    assert spec.to_dict()["fields"][-7]["vocab"] == ["a", "b"]
+    users, items = side_table_columns(spec)
+    assert users[-1] == "age" and items[-1] == "brand"
+    with pytest.raises(ValueError, match="user or item"):
+        extend_spec(DEFAULT_SPEC, [Field("x", "list", 3, "count")])
+    with pytest.raises(ValueError, match="duplicate"):
+        extend_spec(DEFAULT_SPEC, [Field("tag", "item", 3)])
+
+
+def test_default_spec_dict_and_side_table_columns_are_unchanged() -> None:
+    # Committed bundles hash DEFAULT_SPEC.to_dict(): no category key may appear in it.
+    assert all("vocab" not in f for f in DEFAULT_SPEC.to_dict()["fields"])
+    assert side_table_columns(DEFAULT_SPEC) == (USER_TABLE_COLUMNS, ITEM_TABLE_COLUMNS)
+
+
+def test_check_standard_layout_names_the_offending_field() -> None:
+    with pytest.raises(ValueError, match="'hour'.*after 'music_type'"):
+        check_standard_layout(FeatureSpec(ITEM_FIELDS + CONTEXT_FIELDS))
+    odd_list = Field("n_likes", "list", 5, "count", source="likes")
+    with pytest.raises(ValueError, match="'n_likes' reads 'likes'"):
+        check_standard_layout(FeatureSpec(CONTEXT_FIELDS + ITEM_FIELDS + (odd_list,)))
+    with pytest.raises(ValueError, match="no item field"):
+        check_standard_layout(FeatureSpec(USER_FIELDS + CONTEXT_FIELDS))
+    check_standard_layout(DEFAULT_SPEC)

@@ -3,9 +3,15 @@
 A dataset is a folder::
 
     <name>/dataset.json        what produced it (source, config, seed, code version), counts,
-                               and the chronological split (shards per split)
-    <name>/users.parquet       the users side table   (contract.schema.USER_TABLE_SCHEMA)
-    <name>/items.parquet       the items side table   (contract.schema.ITEM_TABLE_SCHEMA)
+                               the chronological split (shards per split) and the feature
+                               spec the dataset is read with (``feature_spec``: the dict of
+                               contract.features.FeatureSpec.to_dict(); a dataset without
+                               the key reads as DEFAULT_SPEC)
+    <name>/users.parquet       the users side table   (contract.schema.USER_TABLE_SCHEMA, or
+                               ``user_id`` + the spec's user fields' source columns)
+    <name>/items.parquet       the items side table   (contract.schema.ITEM_TABLE_SCHEMA, or
+                               ``item_id``, ``author_raw``, ``tag`` + the spec's item
+                               fields' source columns)
     <name>/log/part-NNNNN.parquet   impression log shards (contract.schema.LOG_SCHEMA),
                                rows grouped by session, sessions in time order; a shard never
                                holds two days, so a split is a list of shards.
@@ -23,6 +29,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +38,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from contract.features import (
+    DEFAULT_SPEC,
+    FeatureSpec,
+    check_standard_layout,
+    side_table_columns,
+)
 from contract.schema import (
     ITEM_TABLE_SCHEMA,
     LOG_SCHEMA,
@@ -150,6 +163,7 @@ class DatasetBuilder:
         self.overwrite = overwrite
         self.shard_rows = shard_rows
         self.writer: ShardWriter | None = None
+        self.spec: FeatureSpec = DEFAULT_SPEC
 
     def __enter__(self) -> DatasetBuilder:
         if self.tmp.exists():
@@ -158,11 +172,32 @@ class DatasetBuilder:
         self.writer = ShardWriter(self.tmp / "log", shard_rows=self.shard_rows)
         return self
 
-    def write_side_tables(self, users: pa.Table, items: pa.Table) -> None:
-        check_columns(users.schema, USER_TABLE_SCHEMA, "users.parquet")
-        check_columns(items.schema, ITEM_TABLE_SCHEMA, "items.parquet")
-        write_table_atomic(users.select(USER_TABLE_SCHEMA.names), self.tmp / "users.parquet")
-        write_table_atomic(items.select(ITEM_TABLE_SCHEMA.names), self.tmp / "items.parquet")
+    def write_side_tables(
+        self, users: pa.Table, items: pa.Table, spec: FeatureSpec = DEFAULT_SPEC
+    ) -> None:
+        """Write the side tables, keeping the columns ``spec`` reads, and record ``spec`` as
+        the dataset's (:meth:`finish` writes it to ``dataset.json``).
+
+        With :data:`DEFAULT_SPEC` the tables must match the contract's schemas; with another
+        spec, ``user_id``, ``item_id``, ``author_raw`` and ``tag`` must be int64 and every
+        field's ``source`` column present (any type its field's kind reads). Raises
+        ValueError naming the table and column, or the spec's offending field.
+        """
+        check_standard_layout(spec)
+        if spec == DEFAULT_SPEC:
+            check_columns(users.schema, USER_TABLE_SCHEMA, "users.parquet")
+            check_columns(items.schema, ITEM_TABLE_SCHEMA, "items.parquet")
+        user_cols, item_cols = side_table_columns(spec)
+        for table, cols, name in ((users, user_cols, "users"), (items, item_cols, "items")):
+            keys = [c for c in cols if c in ("user_id", "item_id", "author_raw", "tag")]
+            key_schema = pa.schema([pa.field(c, pa.int64()) for c in keys])
+            check_columns(table.schema, key_schema, f"{name}.parquet")
+            missing = [c for c in cols if c not in table.column_names]
+            if missing:
+                raise ValueError(f"{name}.parquet: columns {missing} are read by the spec")
+        self.spec = spec
+        write_table_atomic(users.select(list(user_cols)), self.tmp / "users.parquet")
+        write_table_atomic(items.select(list(item_cols)), self.tmp / "items.parquet")
 
     def finish(self, meta: dict[str, Any], valid_days: int = 1, test_days: int = 1) -> dict:
         assert self.writer is not None
@@ -177,6 +212,7 @@ class DatasetBuilder:
             "sessions": sum(s["sessions"] for s in shards),
         }
         meta.setdefault("code_version", code_version())
+        meta.setdefault("feature_spec", self.spec.to_dict())
         (self.tmp / DATASET_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         return meta
 
@@ -229,6 +265,23 @@ class Dataset:
             if not (root / s["file"]).exists():
                 raise DatasetError(f"{root}: shard {s['file']} listed in {DATASET_FILE} is missing")
         return cls(root, meta)
+
+    @cached_property
+    def spec(self) -> FeatureSpec:
+        """The feature spec the dataset was built with (``dataset.json`` key
+        ``feature_spec``); :data:`contract.features.DEFAULT_SPEC` for a dataset without the
+        key (written before the key existed). Raises DatasetError naming ``dataset.json``
+        when the dict is malformed or its layout is not one the trainers read
+        (:func:`contract.features.check_standard_layout`)."""
+        d = self.meta.get("feature_spec")
+        if d is None:
+            return DEFAULT_SPEC
+        try:
+            spec = FeatureSpec.from_dict(d)
+            check_standard_layout(spec)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise DatasetError(f"{self.root / DATASET_FILE}: feature_spec: {e}") from None
+        return spec
 
     def paths(self, split: str | None = None) -> list[Path]:
         if split is None:
