@@ -490,3 +490,39 @@ def test_items_table_from_text_frame():
     assert t.column("upload_type").to_pylist() == [2, 6]
     assert t.column("tag").to_pylist() == [3, 0]
     assert t.column("music_type").to_pylist() == [9, 0]
+
+
+def _header_only(src: Path, dst: Path, blank_lines: int = 0) -> None:
+    dst.write_text(src.read_text().splitlines()[0] + "\n" + "\n" * blank_lines)
+
+
+@pytest.mark.parametrize("table", ["videos", "users"])
+@pytest.mark.parametrize("blank_lines", [0, 3])
+def test_empty_side_table_is_refused_naming_the_file(tmp_path, capsys, table, blank_lines):
+    # The fault: a header-only videos table converted, and training then failed with an
+    # IndexError in the side-table lookup. Header-only or only blank lines: no rows either way.
+    src = VIDEOS if table == "videos" else USERS
+    bad = tmp_path / f"{table}_empty.csv"
+    _header_only(src, bad, blank_lines)
+    users, videos = (USERS, bad) if table == "videos" else (bad, VIDEOS)
+    with pytest.raises(LogValidationError, match=rf"{table}_empty\.csv: no data rows.*{table}"):
+        convert_kuairand([str(STANDARD)], str(users), str(videos), str(tmp_path / "out"),
+                         progress=False)  # fmt: skip
+    args = ["kuairand", "--logs", str(STANDARD), "--users", str(users), "--videos", str(videos),
+            "--out", str(tmp_path / "out_cli"), "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{table}_empty.csv" in err and "no data rows" in err
+    assert _leftovers(tmp_path) == []
+
+
+def test_side_tables_refuse_empty_tables(converted):
+    from training.data.features import SideTables
+
+    _, ds, _ = converted
+    users, items = ds.users(), ds.items()
+    assert SideTables.from_tables(users, items).n_items == items.num_rows
+    with pytest.raises(ValueError, match="the items side table is empty"):
+        SideTables.from_tables(users, items.slice(0, 0))
+    with pytest.raises(ValueError, match="the users side table is empty"):
+        SideTables.from_tables(users.slice(0, 0), items)

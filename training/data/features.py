@@ -54,6 +54,11 @@ class SideTables:
 
     @classmethod
     def from_tables(cls, users: pa.Table, items: pa.Table) -> SideTables:
+        """Raises ValueError naming the table when ``users`` or ``items`` has no rows (every
+        id would be unknown, and the lookups would index an empty array)."""
+        for name, table in (("users", users), ("items", items)):
+            if table.num_rows == 0:
+                raise ValueError(f"the {name} side table is empty (0 rows)")
         uid = users.column("user_id").to_numpy()
         uo = np.argsort(uid, kind="stable")
         profile = np.stack([users.column(f.name).to_numpy() for f in USER_FIELDS[1:]], axis=1)

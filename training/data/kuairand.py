@@ -290,6 +290,16 @@ def _unique_ids(ids: np.ndarray, source: str, column: str) -> None:
         raise _fail(source, column, f"id {int(u[np.argmax(counts > 1)])} appears twice")
 
 
+def _not_empty(df: pd.DataFrame, source: str, what: str) -> None:
+    """An empty side table would make every logged id unknown (and the side-table lookups of
+    training index an empty array): refuse it at conversion, naming the file."""
+    if len(df) == 0:
+        raise LogValidationError(
+            f"{source}: no data rows (header only or blank lines): the {what} table must hold "
+            f"at least one row"
+        )
+
+
 def users_table(df: pd.DataFrame, source: str = "<users>") -> pa.Table:
     """The users side table from rows of a KuaiRand user-features CSV.
 
@@ -299,8 +309,9 @@ def users_table(df: pd.DataFrame, source: str = "<users>") -> pa.Table:
     sorted distinct values *of the rows given* (so pass the whole file: the simulator's ids
     match these when its sample holds every distinct value); ``u_seg_a`` = 1 + min(onehot_feat1,
     6), ``u_seg_b`` = 1 + min(onehot_feat2, 49). Expects the range and degree columns read as
-    text with empty cells as ``""``.
+    text with empty cells as ``""``. Raises LogValidationError for no rows.
     """
+    _not_empty(df, source, "users")
     user_id = _int_column(df["user_id"], source, "user_id")
     _unique_ids(user_id, source, "user_id")
     cols: dict[str, np.ndarray] = {"user_id": user_id}
@@ -346,7 +357,9 @@ def items_table(df: pd.DataFrame, source: str = "<videos>") -> pa.Table:
     ``duration_s`` = video_duration / 1000 with missing or 0 replaced by the median of the
     positive durations of the rows given, ``upload_type`` through ``UPLOAD_TYPE_IDS`` (6 = other),
     ``music_type`` as an int (0 if missing). Expects ``tag`` and ``upload_type`` as text.
+    Raises LogValidationError for no rows.
     """
+    _not_empty(df, source, "videos")
     video_id = _int_column(df["video_id"], source, "video_id")
     _unique_ids(video_id, source, "video_id")
     author = _int_column(df["author_id"], source, "author_id")
@@ -545,7 +558,8 @@ def convert_kuairand(
 
     See the module docstring for the mapping. Returns the dataset meta (``dataset.json``).
     Raises FileNotFoundError (a pattern matches nothing, a file is missing),
-    LogValidationError (missing column, malformed value: names file, column and row),
+    LogValidationError (missing column, malformed value: names file, column and row; a users or
+    videos table with no rows: names the file),
     DatasetError (``out`` exists without ``overwrite``; too few days for the split) and
     ConfigError (a bad argument). Nothing is left under ``out`` when it fails.
     """
