@@ -97,11 +97,14 @@ __all__ = [
     "evaluate_mmrf",
     "impression_outputs",
     "main",
+    "make_trainer",
     "non_impression_model_outputs",
     "run",
 ]
 
 NON_IMPRESSIONS = ("model", "constant", "none")
+#: ``mmrf`` and the multi-agent baselines of Table 1 (:mod:`training.mmrf.baselines`).
+ALGORITHMS = ("mmrf", "pareto", "tscac", "massa")
 
 
 @dataclass(frozen=True)
@@ -178,9 +181,28 @@ class MMRFConfig:
     """Seed of the initialisation, the stream and the buffer draws."""
     log_every: int = 50
     """Steps between logged loss lines."""
+    # --- the baselines of Table 1 (training.mmrf.baselines; ignored by algorithm=mmrf) ---
+    algorithm: str = "mmrf"
+    """``mmrf``, or a baseline of :mod:`training.mmrf.baselines`: pareto, tscac, massa."""
+    pareto_grid: int = 4
+    """Pareto: candidate weights are the simplex points with coordinates in steps of 1/grid."""
+    pareto_max_impressions: int = 200_000
+    """Pareto: valid-split impressions the weight search reads at most (0: all)."""
+    tscac_stage1_steps: int = 500
+    """TSCAC: steps of stage 1 (auxiliary policies only); the main policy trains after them."""
+    tscac_epsilon: float = 0.05
+    """TSCAC: allowed mean squared distance per action dimension to each auxiliary action."""
+    tscac_lambda_init: float = 1.0
+    """TSCAC: initial Lagrange multiplier of every constraint."""
+    tscac_lambda_lr: float = 0.01
+    """TSCAC: dual-ascent rate of the multipliers (0: fixed multipliers)."""
+    massa_signal_dim: int = 16
+    """MASSA: width of each agent's signal from the signal network."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "beta", tuple(float(b) for b in self.beta))
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm={self.algorithm!r}: one of {ALGORITHMS}")
         if self.non_impressions not in NON_IMPRESSIONS:
             raise ValueError(f"non_impressions={self.non_impressions!r}: one of {NON_IMPRESSIONS}")
         if len(self.beta) != len(ASPECTS) - 1:
@@ -208,6 +230,10 @@ VARIANTS: dict[str, dict[str, str]] = {
     "mmrf-co": {"collaboration": "concat"},
     "mmrf-da": {"non_impressions": "none"},
     "mmrf-ns": {"non_impressions": "constant"},
+    # Baselines (training.mmrf.baselines): no user-feedback model, no non-impression samples.
+    "pareto": {"algorithm": "pareto", "non_impressions": "none"},
+    "tscac": {"algorithm": "tscac", "non_impressions": "none"},
+    "massa": {"algorithm": "massa", "non_impressions": "none"},
 }
 
 MMRF_RULES: dict[str, Rule] = {
@@ -243,6 +269,14 @@ MMRF_RULES: dict[str, Rule] = {
     "sessions_per_chunk": AT_LEAST_1,
     "seed": NON_NEGATIVE,
     "log_every": AT_LEAST_1,
+    "algorithm": Rule(choices=ALGORITHMS),
+    "pareto_grid": AT_LEAST_1,
+    "pareto_max_impressions": NON_NEGATIVE,
+    "tscac_stage1_steps": NON_NEGATIVE,
+    "tscac_epsilon": NON_NEGATIVE,
+    "tscac_lambda_init": NON_NEGATIVE,
+    "tscac_lambda_lr": NON_NEGATIVE,
+    "massa_signal_dim": AT_LEAST_1,
 }
 
 
@@ -313,7 +347,7 @@ class MMRFTrainer(Checkpointed):
         # MMRF and MMRF-CO of one seed train the same M on the same batches.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.net = MultiAgentActorCritic(net_cfg).to(self.device)
+            self.net = self.build_net(net_cfg).to(self.device)
             torch.manual_seed(cfg.seed + 1)
             self.model = FeedbackModel(net_cfg).to(self.device)
         self.target = copy.deepcopy(self.net).requires_grad_(False)
@@ -330,6 +364,19 @@ class MMRFTrainer(Checkpointed):
     @property
     def uses_model(self) -> bool:
         return self.cfg.non_impressions == "model"
+
+    # --- what a baseline replaces (training.mmrf.baselines) -----------------------------
+    def build_net(self, net_cfg: MMRFNetConfig) -> MultiAgentActorCritic:
+        """The agents: MMRF's attention (or MMRF-CO's concatenation) collaboration."""
+        return MultiAgentActorCritic(net_cfg)
+
+    def actor_objective(self, s: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The actors' loss at states ``s (B, H)`` and its charts: Eq. 4."""
+        return eq4_actor_loss(self.net, s, self.cfg.alpha_theta, self.cfg.beta), {}
+
+    def finish(self, dataset: Dataset) -> dict[str, Any] | None:
+        """Work after the last step (MMRF: none); what it returns goes into ``train.json``."""
+        return None
 
     # --- data ---------------------------------------------------------------------------
     def batch(self, req: Requests, g: np.ndarray) -> MMRFBatch:
@@ -416,7 +463,7 @@ class MMRFTrainer(Checkpointed):
         gn_c = nn.utils.clip_grad_norm_(net.critic_parameters(), cfg.grad_clip)
         self.critic_opt.step()
 
-        l_actor = eq4_actor_loss(net, s, cfg.alpha_theta, cfg.beta)
+        l_actor, actor_charts = self.actor_objective(s)
         self.actor_opt.zero_grad(set_to_none=True)
         l_actor.backward()
         gn_a = nn.utils.clip_grad_norm_(net.actor_parameters(), cfg.grad_clip)
@@ -427,6 +474,7 @@ class MMRFTrainer(Checkpointed):
             "charts/target_main": float(y[:, -1].mean()),
             "charts/grad_norm_critic": float(gn_c),
             "charts/grad_norm_actor": float(gn_a),
+            **actor_charts,
         }
         return l_critic, l_actor, charts
 
@@ -502,14 +550,16 @@ def impression_outputs(
     trainer: MMRFTrainer, req: Requests, batch: int = 2048
 ) -> dict[str, np.ndarray]:
     """Per logged impression of ``req`` (state from the logged history): every agent's
-    ranking score ``<a^i, v>`` (``scores (G, N)``) and M's predictions ``r``, ``r'``
-    (``model_r``, ``model_r_prime`` ``(G, A)`` on the model scale)."""
+    ranking score ``<a^i, v>`` (``scores (G, N)``), the served score (``served (G,)``:
+    ``net.scores``, the main agent's for MMRF, Pareto's weighted combination) and M's
+    predictions ``r``, ``r'`` (``model_r``, ``model_r_prime`` ``(G, A)`` on the model scale)."""
     net, model, m = trainer.net, trainer.model, trainer.cfg.memory
     net.eval()
     model.eval()
     dev = trainer.device
     n_uc = req.user_ctx.shape[1]
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("scores", "model_r", "model_r_prime")}
+    keys = ("scores", "served", "model_r", "model_r_prime")
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     for lo in range(0, req.n_impressions, batch):
         g = np.arange(lo, min(lo + batch, req.n_impressions))
         hist, mask = history(req, g, m)
@@ -520,6 +570,7 @@ def impression_outputs(
         s = net.state(net.encode(hist_t), mask_t, uc)
         a = net.policy(s).actions  # (B, N, D)
         out["scores"].append(torch.einsum("bnd,bd->bn", a, net.item_vectors(cand)[:, 0]).cpu())
+        out["served"].append(net.scores(s, cand)[:, 0].cpu())
         z, z2 = model(model.encode(hist_t), mask_t, uc, cand)
         out["model_r"].append(torch.sigmoid(z[:, 0]).cpu())
         out["model_r_prime"].append(torch.sigmoid(z2[:, 0]).cpu())
@@ -573,7 +624,8 @@ def _or_none(f, *args) -> float | None:
 
 def evaluate_mmrf(trainer: MMRFTrainer, dataset: Dataset, split: str = "valid") -> dict[str, Any]:
     """Offline figures on a split's impressions: per binary aspect, the GAUC of the main
-    (WatchTime) agent's score and of the aspect's own agent; the main score's Pearson
+    (served) score (the WatchTime agent's; Pareto's weighted combination) and of the aspect's
+    own agent; the main score's Pearson
     correlation with model-scale watch time; M's AUC per binary aspect and its watch-time MSE;
     M's uncertainty (the Bernoulli KL of Eq. 6, mean over aspects) on the impressions and on
     the non-impressed candidates (:func:`non_impression_model_outputs`), which were never
@@ -590,12 +642,12 @@ def evaluate_mmrf(trainer: MMRFTrainer, dataset: Dataset, split: str = "valid") 
     for i, a in enumerate(ASPECTS):
         if not BINARY[i]:
             continue
-        res[f"main_gauc_{a}"] = _or_none(gauc, users, fb[:, i], o["scores"][:, -1])
+        res[f"main_gauc_{a}"] = _or_none(gauc, users, fb[:, i], o["served"])
         res[f"agent_gauc_{a}"] = _or_none(gauc, users, fb[:, i], o["scores"][:, i])
         if trainer.uses_model:
             res[f"model_auc_{a}"] = _or_none(auc, fb[:, i], o["model_r"][:, i])
     wt = ASPECTS.index("watch_time")
-    res["main_corr_watch_time"] = float(np.corrcoef(o["scores"][:, -1], fb[:, wt])[0, 1])
+    res["main_corr_watch_time"] = float(np.corrcoef(o["served"], fb[:, wt])[0, 1])
     if not trainer.uses_model:  # MMRF-DA and -NS never train M: no figures of it
         return res
     res["model_mse_watch_time"] = float(np.mean((o["model_r"][:, wt] - fb[:, wt]) ** 2))
@@ -630,10 +682,14 @@ def run(
     ds = Dataset.open(data)
     side = SideTables.from_tables(ds.users(), ds.items())
     scale = fit_reward_scale(ds.paths("train"), cfg.watch_time_quantile)
-    trainer = MMRFTrainer(cfg, side, scale, device=device)
+    trainer = make_trainer(cfg, side, scale, device=device)
     summary = train(trainer, ds, out=out, resume=resume, progress=progress,  # type: ignore[arg-type]
-                    checkpoint_every=checkpoint_every, desc="mmrf")  # fmt: skip
-    summary["method"] = "mmrf"
+                    checkpoint_every=checkpoint_every, desc=cfg.algorithm)  # fmt: skip
+    summary["method"] = cfg.algorithm
+    finished = trainer.finish(ds)
+    if finished is not None:  # e.g. Pareto's weights: part of the model, saved with it
+        summary[cfg.algorithm] = finished
+        trainer.save(out / "checkpoint.pt")
     summary["reward_scale"] = trainer.scale.to_dict()
     (out / "reward_scale.json").write_text(json.dumps(trainer.scale.to_dict(), indent=2))
     if eval_split:
@@ -641,6 +697,17 @@ def run(
         summary["eval_split"] = eval_split
     (out / "train.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def make_trainer(
+    cfg: MMRFConfig, side: SideTables, scale: RewardScale, device: str = "cpu"
+) -> MMRFTrainer:
+    """:class:`MMRFTrainer`, or the trainer of ``cfg.algorithm``'s baseline."""
+    if cfg.algorithm == "mmrf":
+        return MMRFTrainer(cfg, side, scale, device=device)
+    from training.mmrf.baselines import TRAINERS
+
+    return TRAINERS[cfg.algorithm](cfg, side, scale, device=device)
 
 
 def build_config(variant: str, overrides: Sequence[str]) -> MMRFConfig:
@@ -663,14 +730,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(
         prog="python -m training.mmrf.train",
-        description="Train MMRF (multi-agent WatchTime ranker with a user-feedback model) on a "
-        "dataset folder; writes checkpoint.pt, reward_scale.json and train.json to --out.",
+        description="Train MMRF (multi-agent WatchTime ranker with a user-feedback model), an "
+        "ablation or a multi-agent baseline (Pareto, TSCAC, MASSA) on a dataset folder; writes "
+        "checkpoint.pt, reward_scale.json and train.json to --out.",
     )
     p.add_argument("--data", required=True, help="dataset folder (ranker simulate / kuairand)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--variant", default="mmrf", choices=sorted(VARIANTS),
                    help="mmrf, or an ablation: mmrf-co (concatenation), mmrf-da (no "
-                   "non-impression samples), mmrf-ns (constant negative reward)")  # fmt: skip
+                   "non-impression samples), mmrf-ns (constant negative reward), or a baseline: "
+                   "pareto, tscac, massa")  # fmt: skip
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override an MMRFConfig field, e.g. --set max_instances=20000")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index>")
