@@ -10,10 +10,18 @@ are null for non-impressions. ``timestamp`` is epoch milliseconds (UTC); ``watch
 in seconds.
 
 The same columns are written by the simulator, the KuaiRand adapter and the service.
+
+The checks here are per table (:func:`log_table_problems`: each problem with source, column,
+row and value). The order a dataset's shards must also keep for the readers (sessions
+contiguous in one shard, requests in time order, slots ``0..n-1`` unless declared sparse) is
+a property of the dataset layout, checked by ``training.data.validate``: a service's exposure
+log, for one, interleaves sessions and is valid here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -112,95 +120,201 @@ def log_table(cols: dict[str, np.ndarray], arm: str, model_version: str) -> pa.T
 
 
 class LogValidationError(ValueError):
-    """A log file or table breaks the contract; the message names file, column and problem."""
+    """A log file or table breaks the contract; the message names file, column and problem.
+
+    ``problems`` holds every :class:`Problem` found (the message shows the first).
+    """
+
+    def __init__(self, message: str, problems: tuple[Problem, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems
 
 
-def _fail(source: str, column: str, problem: str) -> LogValidationError:
-    return LogValidationError(f"{source}: column {column!r}: {problem}")
+@dataclass(frozen=True)
+class Problem:
+    """One way a file breaks the contract: where it is (source, column, row) and the value.
+
+    ``row`` is the 0-based row in the source (a Parquet file or table), ``None`` for a problem
+    of a whole column or file; ``column`` is ``None`` for a problem of the whole file.
+    ``str()`` gives the one-line message: ``source: column 'c': row 12: value 3: problem``.
+    """
+
+    source: str
+    column: str | None
+    problem: str
+    row: int | None = None
+    value: object = None
+
+    def __str__(self) -> str:
+        parts = [self.source]
+        if self.column is not None:
+            parts.append(f"column {self.column!r}")
+        if self.row is not None:
+            parts.append(f"row {self.row}")
+        if self.value is not None:
+            parts.append(f"value {self.value!r}")
+        return ": ".join([*parts, self.problem])
+
+
+def column_problems(table_schema: pa.Schema, expected: pa.Schema, source: str) -> list[Problem]:
+    """Every column of ``expected`` missing from ``table_schema`` or of another type."""
+    out = []
+    for field in expected:
+        idx = table_schema.get_field_index(field.name)
+        if idx < 0:
+            out.append(Problem(source, field.name, "missing"))
+            continue
+        got = table_schema.field(idx).type
+        if got != field.type:
+            out.append(Problem(source, field.name, f"type {got}, expected {field.type}"))
+    return out
 
 
 def check_columns(table_schema: pa.Schema, expected: pa.Schema, source: str) -> None:
     """Raise if a column is missing or has another type than the contract's."""
-    for field in expected:
-        idx = table_schema.get_field_index(field.name)
-        if idx < 0:
-            raise _fail(source, field.name, "missing")
-        got = table_schema.field(idx).type
-        if got != field.type:
-            raise _fail(source, field.name, f"type {got}, expected {field.type}")
+    problems = column_problems(table_schema, expected, source)
+    if problems:
+        raise LogValidationError(str(problems[0]), tuple(problems))
 
 
-def validate_log_table(table: pa.Table, source: str = "<table>") -> None:
-    """Check a table against the impression-log contract.
+def validate_log_table(
+    table: pa.Table,
+    source: str = "<table>",
+    *,
+    aspects: Sequence[str] = FEEDBACK,
+) -> None:
+    """Check a table against the impression-log contract; raise on the first problem.
 
-    Checks: every column present with the contract's type; no nulls in required columns;
-    ``position >= -1``; per request at most one row per position and per item; propensity in
-    (0, 1] for impressions and null for non-impressions; binary feedback in {0, 1} and
-    non-null exactly on impressions; ``watch_time >= 0``.
+    The checks are :func:`log_table_problems`'; raises :class:`LogValidationError` whose
+    message is the first problem and whose ``problems`` are all of them.
     """
-    check_columns(table.schema, LOG_SCHEMA, source)
+    problems = log_table_problems(table, source, aspects=aspects)
+    if problems:
+        raise LogValidationError(str(problems[0]), tuple(problems))
+
+
+def log_table_problems(
+    table: pa.Table,
+    source: str = "<table>",
+    *,
+    row_offset: int = 0,
+    aspects: Sequence[str] = FEEDBACK,
+) -> list[Problem]:
+    """The contract problems of an impression-log table, at most one per check.
+
+    Checks: every column present with the contract's type (if not, only those problems are
+    returned); no nulls in required columns; ``position >= -1``; per request at most one row
+    per position and per item; propensity in (0, 1] on impressions and null on
+    non-impressions; the feedback ``aspects`` the log has: binary ones in {0, 1}, non-null
+    exactly on impressions, ``watch_time >= 0``; the aspects it does not have: null on every
+    row (absent, which is not "observed, negative"). Rows are reported as ``row_offset`` plus
+    the row in ``table`` (the row in the file when the table is a chunk of it).
+
+    Raises ValueError for an ``aspects`` name outside :data:`FEEDBACK`.
+    """
+    unknown = [a for a in aspects if a not in FEEDBACK]
+    if unknown:
+        raise ValueError(f"aspects {unknown} are not feedback columns {FEEDBACK}")
+    problems = column_problems(table.schema, LOG_SCHEMA, source)
+    if problems:
+        return problems
+
+    def at(column: str, i: int, value: object, problem: str) -> None:
+        problems.append(Problem(source, column, problem, row_offset + int(i), value))
+
     for field in LOG_SCHEMA:
-        if not field.nullable and table.column(field.name).null_count:
-            raise _fail(source, field.name, f"{table.column(field.name).null_count} null values")
-    if table.num_rows == 0:
-        return
+        col = table.column(field.name)
+        if not field.nullable and col.null_count:
+            i = int(np.argmax(_is_null(col)))
+            at(field.name, i, None, f"{col.null_count} null values (the first here)")
+    if problems or table.num_rows == 0:
+        return problems
     pos = table.column("position").to_numpy()
     if (pos < -1).any():
-        raise _fail(source, "position", f"value {int(pos.min())} < -1")
+        i = int(np.argmax(pos < -1))
+        at("position", i, int(pos[i]), "below -1")
     shown = pos >= 0
 
     prop = table.column("propensity")
-    prop_valid = ~np.asarray(pc.is_null(prop).to_numpy(zero_copy_only=False))
-    if (prop_valid != shown).any():
-        i = int(np.argmax(prop_valid != shown))
-        raise _fail(
-            source, "propensity", f"row {i}: must be set exactly on impressions (position {pos[i]})"
-        )
-    pv = prop.to_numpy(zero_copy_only=False)[shown]
-    if pv.size and (~((pv > 0) & (pv <= 1))).any():
-        bad = pv[~((pv > 0) & (pv <= 1))][0]
-        raise _fail(source, "propensity", f"value {bad} outside (0, 1]")
+    prop_valid = ~_is_null(prop)
+    bad = prop_valid != shown
+    if bad.any():
+        i = int(np.argmax(bad))
+        what = "must be set on impressions" if shown[i] else "must be null on non-impressions"
+        at("propensity", i, None, f"{what} (position {pos[i]})")
+    pv = prop.to_numpy(zero_copy_only=False)
+    out = shown & prop_valid & ~((pv > 0) & (pv <= 1))
+    if out.any():
+        i = int(np.argmax(out))
+        at("propensity", i, float(pv[i]), "outside (0, 1]")
 
     for name in FEEDBACK:
         col = table.column(name)
-        valid = ~np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False))
+        valid = ~_is_null(col)
+        if name not in aspects:
+            if valid.any():
+                i = int(np.argmax(valid))
+                at(name, i, col[i].as_py(), "set, but the dataset declares this aspect absent")
+            continue
         if (valid != shown).any():
             i = int(np.argmax(valid != shown))
-            raise _fail(source, name, f"row {i}: must be set exactly on impressions")
-        v = col.to_numpy(zero_copy_only=False)[shown]
+            at(name, i, None, "must be set exactly on impressions")
+        v = col.to_numpy(zero_copy_only=False)
         if name == "watch_time":
-            if v.size and (np.nan_to_num(v, nan=-1) < 0).any():
-                raise _fail(source, name, "negative or NaN watch time")
-        elif v.size and (~np.isin(v, (0, 1))).any():
-            raise _fail(source, name, f"value {v[~np.isin(v, (0, 1))][0]} not in {{0, 1}}")
+            neg = shown & valid & ~(np.nan_to_num(v, nan=-1) >= 0)
+            if neg.any():
+                i = int(np.argmax(neg))
+                at(name, i, float(v[i]), "negative or NaN watch time")
+        else:
+            off = shown & valid & ~np.isin(v, (0, 1))
+            if off.any():
+                i = int(np.argmax(off))
+                at(name, i, int(v[i]), "not in {0, 1}")
 
     rid = table.column("request_id").to_numpy()
     item = table.column("item_id").to_numpy()
-    _check_unique(source, "item_id", rid, item, "item appears twice in request")
-    _check_unique(source, "position", rid[shown], pos[shown], "position used twice in request")
+    rows = np.arange(len(rid))
+    for column, r, key, idx, what in (
+        ("item_id", rid, item, rows, "item appears twice in request"),
+        ("position", rid[shown], pos[shown], rows[shown], "position used twice in request"),
+    ):
+        dup = _first_duplicate(r, key)
+        if dup is not None:
+            where = f"(request_id {r[dup]}, {column} {key[dup]})"
+            at(column, idx[dup], int(key[dup]), f"{what} {where}")
+    return problems
 
 
-def _check_unique(source: str, column: str, rid: np.ndarray, key: np.ndarray, what: str) -> None:
+def _is_null(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _first_duplicate(rid: np.ndarray, key: np.ndarray) -> int | None:
+    """Index of the first row (in row order) whose ``(rid, key)`` pair an earlier row holds."""
     if rid.size == 0:
-        return
+        return None
     key = key.astype(np.int64)
     k_min, k_max = int(key.min()), int(key.max())
     r_min, r_max = int(rid.min()), int(rid.max())
     span = k_max - k_min + 1
     if (r_max - r_min + 1) * span < 2**62:
-        # One combined int64 key and a plain sort: several times faster than a lexsort.
-        comb = np.sort((rid - r_min) * span + (key - k_min))
-        dup = np.flatnonzero(comb[1:] == comb[:-1])
-        if dup.size:
-            c = int(comb[dup[0]])
-            r, k = r_min + c // span, k_min + c % span
-            raise _fail(source, column, f"{what} (request_id {r}, {column} {k})")
-        return
-    order = np.lexsort((key, rid))
-    r_s, k_s = rid[order], key[order]
-    dup = np.flatnonzero((r_s[1:] == r_s[:-1]) & (k_s[1:] == k_s[:-1]))
-    if dup.size:
-        raise _fail(source, column, f"{what} (request_id {r_s[dup[0]]}, {column} {k_s[dup[0]]})")
+        # One combined int64 key and a plain sort: several times faster than a lexsort; the
+        # slower stable argsort runs only when there is a repeat to locate.
+        comb = (rid - r_min) * span + (key - k_min)
+        s = np.sort(comb)
+        if not (s[1:] == s[:-1]).any():
+            return None
+        order = np.argsort(comb, kind="stable")
+        same = comb[order][1:] == comb[order][:-1]
+    else:
+        order = np.lexsort((np.arange(rid.size), key, rid))
+        r_s, k_s = rid[order], key[order]
+        same = (r_s[1:] == r_s[:-1]) & (k_s[1:] == k_s[:-1])
+    dup = np.flatnonzero(same)
+    if not dup.size:
+        return None
+    # each later member of a run of equal pairs repeats it; the earliest such row in row order
+    return int(order[dup + 1].min())
 
 
 def validate_log_file(path: str | Path) -> int:
