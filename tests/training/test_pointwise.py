@@ -22,10 +22,13 @@ from training.baselines.pointwise import (
     TrainResult,
     bi_interaction,
     build_model,
+    epoch_batches,
     fm_pairwise,
+    has_batch_norm,
     predict,
     seeded_build_model,
     train_pointwise,
+    uses_batch_norm,
     weighted_bce,
 )
 
@@ -324,3 +327,79 @@ def test_bad_labels_weights_and_valid_pairs_are_refused():
         train_pointwise(model, x, np.zeros(3), progress=False)
     with pytest.raises(ValueError, match="both"):
         train_pointwise(model, x, np.zeros(4), x_valid=x, progress=False)
+
+
+# ------------------------------------------------------------------------------------------
+# Batch norm never sees a one-row batch in training
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "batch_size", "min_rows", "want"),
+    [
+        (3, 2, 1, 2),  # 2 + 1: fine without batch norm
+        (3, 2, 2, 1),  # 3, not 2 + 1
+        (5, 2, 2, 2),  # 3 + 2, not 2 + 2 + 1
+        (4, 2, 2, 2),  # 2 + 2: unchanged
+        (7, 3, 2, 3),  # 3 + 2 + 2: ceil(7/3) = 3 parts, none short
+        (2, 4096, 2, 1),
+        (10, 1, 1, 10),
+    ],
+)
+def test_epoch_batches_by_hand(n, batch_size, min_rows, want):
+    k = epoch_batches(n, batch_size, min_rows)
+    assert k == want
+    sizes = [len(p) for p in torch.arange(n).tensor_split(k)]
+    assert min(sizes) >= min_rows and sum(sizes) == n
+
+
+def test_epoch_batches_refuses_impossible_sizes():
+    with pytest.raises(ValueError, match="min_rows"):
+        epoch_batches(1, 2, 2)
+    with pytest.raises(ValueError, match="min_rows"):
+        epoch_batches(5, 1, 2)
+
+
+def test_batch_norm_models_are_known():
+    assert {m for m in MODELS if uses_batch_norm(m)} == {"nfm", "afn"}
+    assert not has_batch_norm(build_model("nfm", SYNTH_SIZES, batch_norm=False))
+    with pytest.raises(ValueError, match="unknown point-wise model"):
+        uses_batch_norm("xgboost")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize(("n", "batch_size"), [(3, 2), (5, 2), (2, 2), (3, 4096)])
+def test_every_model_trains_on_odd_row_counts(name, n, batch_size):
+    # The fault: NFM and AFN with batch_size 2 on 3 or 5 rows reached batch norm with a
+    # one-row batch and failed inside torch.
+    rng = np.random.default_rng(0)
+    x = _random_ids(SYNTH_SIZES, n, rng)
+    y = (rng.random(n) < 0.5).astype(np.float32)
+    model = seeded_build_model(name, SYNTH_SIZES, seed=0, embed_dim=4)
+    res = train_pointwise(model, x, y, batch_size=batch_size, epochs=2, log_every=1,
+                          progress=False)  # fmt: skip
+    min_rows = 2 if uses_batch_norm(name) else 1
+    steps = 2 * epoch_batches(n, batch_size, min_rows)
+    assert len(res.train_loss_history) == steps and all(np.isfinite(res.train_loss_history))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_batch_size_one_is_refused_only_with_batch_norm(name):
+    rng = np.random.default_rng(1)
+    x, y = _random_ids(SYNTH_SIZES, 4, rng), np.array([0, 1, 0, 1], dtype=np.float32)
+    model = seeded_build_model(name, SYNTH_SIZES, seed=0, embed_dim=4)
+    if uses_batch_norm(name):
+        with pytest.raises(ValueError, match="batch_size=1: a model with batch norm"):
+            train_pointwise(model, x, y, batch_size=1, progress=False)
+    else:
+        res = train_pointwise(model, x, y, batch_size=1, log_every=1, progress=False)
+        assert len(res.train_loss_history) == 4
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("n", [0, 1])
+def test_fewer_than_two_rows_are_refused(name, n):
+    x = np.ones((n, len(SYNTH_SIZES)), dtype=np.int64)
+    model = seeded_build_model(name, SYNTH_SIZES, seed=0, embed_dim=4)
+    with pytest.raises(ValueError, match=f"need at least 2 training rows, got {n}"):
+        train_pointwise(model, x, np.zeros(n), progress=False)

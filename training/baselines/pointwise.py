@@ -14,6 +14,7 @@ Every model reads a ``(B, F)`` int64 matrix of categorical field ids, field ``j`
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,10 +40,13 @@ __all__ = [
     "WideDeep",
     "bi_interaction",
     "build_model",
+    "epoch_batches",
     "fm_pairwise",
+    "has_batch_norm",
     "predict",
     "seeded_build_model",
     "train_pointwise",
+    "uses_batch_norm",
     "weighted_bce",
 ]
 
@@ -383,6 +387,44 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether ``model`` holds a batch-norm layer. In training mode such a layer normalises
+    over the batch and cannot take a one-row batch (torch raises), so :func:`train_pointwise`
+    never feeds it one."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@functools.cache
+def uses_batch_norm(name: str) -> bool:
+    """Whether the model ``MODELS[name]`` built with its defaults has batch norm (NFM, AFN):
+    such a model needs ``batch_size >= 2``. Configs check it before any work starts.
+
+    Raises:
+        ValueError: ``name`` is not in :data:`MODELS`.
+    """
+    return has_batch_norm(build_model(name, (2, 2), 2))
+
+
+def epoch_batches(n: int, batch_size: int, min_rows: int = 1) -> int:
+    """The number of batches an epoch of ``n`` rows is cut into by ``torch.tensor_split``.
+
+    ``k = ceil(n / batch_size)`` near-equal parts (sizes ``floor(n/k)`` or ``ceil(n/k)``, so no
+    tail batch of a few rows), reduced to ``floor(n / min_rows)`` when ``k`` parts would leave a
+    part under ``min_rows`` rows: the rows of the would-be short batch are merged into the
+    others. ``min_rows`` is 2 for a model with batch norm (e.g. ``n=3, batch_size=2``: one
+    batch of 3, not 2 + 1; ``n=5``: 3 + 2, not 2 + 2 + 1), 1 otherwise (no change).
+
+    Raises:
+        ValueError: ``n < min_rows``, ``batch_size < min_rows`` or ``min_rows < 1``.
+    """
+    if min_rows < 1 or batch_size < min_rows or n < min_rows:
+        raise ValueError(
+            f"need n >= min_rows and batch_size >= min_rows >= 1, got n={n}, "
+            f"batch_size={batch_size}, min_rows={min_rows}"
+        )
+    return min(-(-n // batch_size), n // min_rows)
+
+
 def build_model(name: str, sizes: Sequence[int], embed_dim: int = 16, **kw: Any) -> nn.Module:
     """Construct ``MODELS[name](sizes, embed_dim, **kw)``; the init uses torch's global RNG."""
     try:
@@ -511,15 +553,28 @@ def train_pointwise(
         y_train: ``(N,)`` labels in ``[0, 1]`` (soft labels allowed).
         weights: ``(N,)`` non-negative per-sample loss weights, or None for all ones.
         x_valid, y_valid: optional held-out set; both or neither.
+        batch_size: rows per optimiser step, at least 2 for a model with batch norm (NFM,
+            AFN). An epoch is cut into :func:`epoch_batches` near-equal batches; for a model
+            with batch norm a batch that would hold one row is merged into the others.
         log_every: optimiser steps per entry of ``train_loss_history`` and progress update.
 
     Returns:
         A :class:`TrainResult`. The model is left on ``device`` in eval mode.
+
+    Raises:
+        ValueError: bad ids, labels, weights or sizes (fewer than 2 training rows, batch_size
+            1 for a model with batch norm, ...), before any step.
     """
     if epochs < 1 or batch_size < 1 or log_every < 1:
         raise ValueError(
             f"epochs, batch_size and log_every must be >= 1, got {epochs}, {batch_size}, "
             f"{log_every}"
+        )
+    min_rows = 2 if has_batch_norm(model) else 1
+    if batch_size < min_rows:
+        raise ValueError(
+            f"batch_size={batch_size}: a model with batch norm ({type(model).__name__}) trains "
+            f"on batches of at least {min_rows} rows"
         )
     _check_x(model, x_train, "x_train")
     n = x_train.shape[0]
@@ -547,9 +602,7 @@ def train_pointwise(
     wt = None if weights is None else torch.from_numpy(np.asarray(weights, dtype=np.float32))
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    # tensor_split into ceil(N / batch_size) near-equal parts instead of fixed-size slices:
-    # no tail batch of one row, which batch norm (NFM, AFN) cannot train on.
-    n_batches = -(-n // batch_size)
+    n_batches = epoch_batches(n, batch_size, min_rows)
 
     history: list[float] = []
     window_sum = torch.zeros((), device=dev)
