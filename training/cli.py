@@ -3,6 +3,7 @@
     ranker simulate --preset tiny --out data/tiny        # a simulated world's impression log
     ranker simulate --preset default --set n_days=14 --out data/default
     ranker kuairand --logs 'path/log_*.csv' --users U.csv --videos V.csv --out data/kr
+    ranker import --mapping examples/bandit_log/mapping.toml --out data/bandit   # any layout
     ranker validate data/tiny                            # check a dataset or shard files
     ranker info data/tiny                                # what a dataset holds
 
@@ -67,6 +68,17 @@ def _cmd_kuairand(args: argparse.Namespace) -> int:
     )
     c = meta["counts"]
     print(f"wrote {args.out}: {c['impressions']:,} impressions, {c['sessions']:,} sessions")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from training.data.importer import import_log, summary_lines
+
+    report = import_log(args.mapping, args.out, overwrite=args.overwrite,
+                        shard_rows=args.shard_rows, progress=not args.no_progress)  # fmt: skip
+    print(f"wrote {args.out} (report: {args.out}/import.json)")
+    for line in summary_lines(report):
+        print("  " + line)
     return 0
 
 
@@ -296,6 +308,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="last days held out as the test split (default: 1)")  # fmt: skip
     k.add_argument("--no-progress", action="store_true", help="no progress bar")
     _COMMANDS["kuairand"] = _cmd_kuairand
+
+    im = sub.add_parser("import", help="import an impression log of any layout (CSV/Parquet) "
+                        "through a column mapping file")  # fmt: skip
+    im.add_argument("--mapping", required=True,
+                    help="mapping file (TOML or JSON): the log's files and columns, slots, "
+                    "propensity kind, aspects, user and item fields (README: Bring your own "
+                    "logs)")  # fmt: skip
+    im.add_argument("--out", required=True, help="dataset folder to create")
+    im.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    im.add_argument("--shard-rows", type=int, default=2_000_000,
+                    help="rows per Parquet shard at most (default: 2,000,000)")  # fmt: skip
+    im.add_argument("--no-progress", action="store_true", help="no progress output")
+    _COMMANDS["import"] = _cmd_import
 
     d = sub.add_parser("drl-train", help="train the DRL-Rec teacher and student (torchrun-ready)")
     d.add_argument("--data", required=True, help="dataset folder (from simulate or kuairand)")

@@ -1,0 +1,965 @@
+"""Import an impression log of any layout (CSV or Parquet) into a dataset folder.
+
+``ranker import --mapping MAPPING --out DIR``: the mapping file (TOML, or JSON with the same
+keys; README "Bring your own logs") names the log's files and columns, what its positions,
+propensities and timestamps mean, which feedback aspects it has, and the user and item fields
+to build from the side tables. The result is the dataset layout every trainer reads
+(:mod:`training.data.pipeline`): log shards in :data:`contract.schema.LOG_SCHEMA` written by the
+contract's row builder, ``users.parquet``/``items.parquet`` with the raw columns the fields
+read, and ``dataset.json`` with the keys this module adds:
+
+``slots``
+    ``"contiguous"`` (each request shows slots ``0..n-1``) or ``"as_logged"`` (positions kept
+    as logged: a request may show one impression at position 2). A contiguous declaration is
+    checked here; a log with gaps must declare ``as_logged``.
+``aspects``
+    the feedback aspects the log has (subset of :data:`contract.schema.FEEDBACK`, in that
+    order). The others are written as null, never 0 (0 reads as "observed, negative").
+``propensity``
+    what the propensity column means: ``"conditional"`` (the probability of the item at its
+    slot given the earlier slots, the contract's meaning; a slate's probability is the product),
+    ``"marginal"`` (the probability of the item at that position, over the policy's lists; a
+    product of marginals is not a slate probability) or ``"unknown"`` (the column holds the
+    placeholder 1.0, as the KuaiRand converter writes; nothing propensity-weighted may run).
+``feature_spec``
+    the :class:`contract.features.FeatureSpec` (``to_dict``) built from the mapping's fields and
+    the data: category vocabularies, bucket edges, hash sizes.
+
+Everything is checked before anything is written, and refused with the file, column and a
+sample of the bad values (:class:`contract.schema.LogValidationError`) or the mapping key
+(:class:`training.sim.config.ConfigError`); the dataset is built under a temporary name
+(:class:`training.data.pipeline.DatasetBuilder`), so a failed import leaves no folder. Nothing
+is dropped silently: ids of the log missing from a side table and values outside a field's
+vocabulary map to the unknown id 0 and are counted in ``import.json`` (also printed).
+
+Sessions and requests: rows sharing the request id are one request (one user, one timestamp:
+the earliest of its rows). Sessions come from a session column when the mapping names one,
+else a session is one user's requests within a UTC day, cut where two consecutive requests
+are more than ``session_gap_minutes`` apart. A session belongs to the UTC day it starts on
+(one shard per day, so the chronological split never cuts a session). ``request_index``
+counts the requests of a session in time order.
+
+Memory: the whole log is read at once (one pass per file); the import of a log of a few
+million rows needs a few GB.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from contract.features import (
+    CONTEXT_FIELDS,
+    DEFAULT_SPEC,
+    LIST_FIELDS,
+    FeatureSpec,
+    Field,
+    Group,
+    bucket_field,
+    category_field,
+    category_ids,
+    check_standard_layout,
+    hashed_field,
+    unknown_counts,
+)
+from contract.schema import FEEDBACK, LOG_SCHEMA, LogValidationError, log_table, validate_log_table
+from training.data.pipeline import DatasetBuilder, DatasetError
+from training.sim.config import ConfigError
+
+SLOTS = ("contiguous", "as_logged")
+PROPENSITY_KINDS = ("conditional", "marginal", "unknown")
+TIME_UNITS = ("s", "ms", "us", "ns", "iso")
+FIELD_KINDS = ("category", "hash", "bucket")
+#: Plausible epoch range of a log's timestamps: 2000-01-01 to 2100-01-01 (UTC), in ms.
+PLAUSIBLE_MS = (946_684_800_000, 4_102_444_800_000)
+_MS_PER = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
+DAY_MS = 86_400_000
+IMPORT_REPORT = "import.json"
+#: Written in the propensity column when ``propensity = "unknown"``: a stand-in, never a
+#: probability (the contract wants a value in (0, 1] on every impression).
+PROPENSITY_PLACEHOLDER = 1.0
+
+_LOG_KEYS = {
+    "files", "request_id", "user_id", "item_id", "timestamp", "timestamp_unit", "position",
+    "position_base", "slots", "propensity", "propensity_kind", "session_id",
+    "session_gap_minutes", "arm", "arm_name", "model_version", "aspects", "watch_time_unit",
+}  # fmt: skip
+_TABLE_KEYS = {"file", "id", "id_hash_size", "fields", "tag", "author"}
+_FIELD_KEYS = {"name", "column", "kind", "size", "edges", "n_buckets", "min_count", "max_size"}
+
+
+# ---------------------------------------------------------------------------------------
+# The mapping file
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """A declared user or item field: its name in the spec, the column it reads, its kind."""
+
+    name: str
+    column: str
+    kind: str
+    size: int | None = None
+    edges: tuple[float, ...] | None = None
+    n_buckets: int | None = None
+    min_count: int = 1
+    max_size: int | None = None
+
+
+@dataclass(frozen=True)
+class TableMap:
+    """A side table: its file, id column, id hash size, declared fields (and for items the
+    optional tag and author columns that the list fields read)."""
+
+    file: Path
+    id: str
+    id_hash_size: int
+    fields: tuple[FieldMap, ...]
+    tag: str | None = None
+    author: str | None = None
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """A parsed, checked mapping file (see the module docstring and README)."""
+
+    path: Path
+    log_files: tuple[Path, ...]
+    columns: dict[str, str]  # contract column -> log column (request_id, user_id, ...)
+    timestamp_unit: str
+    position_base: int
+    slots: str
+    propensity_kind: str
+    aspects: dict[str, str]  # aspect -> log column, in FEEDBACK order
+    watch_time_unit: str
+    session_gap_minutes: float
+    arm_name: str
+    model_version: str
+    users: TableMap
+    items: TableMap
+    valid_days: int
+    test_days: int
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def _bad(path: Path, key: str, problem: str) -> ConfigError:
+    return ConfigError(f"{path}: {key}: {problem}")
+
+
+def _str(d: dict, key: str, path: Path, where: str, required: bool = True) -> str | None:
+    v = d.get(key)
+    if v is None:
+        if required:
+            raise _bad(path, f"{where}.{key}", "missing")
+        return None
+    if not isinstance(v, str) or not v:
+        raise _bad(path, f"{where}.{key}", f"expected a column name (a string), got {v!r}")
+    return v
+
+
+def _choice(d: dict, key: str, choices: tuple[str, ...], path: Path, where: str,
+            default: str | None = None) -> str:  # fmt: skip
+    v = d.get(key, default)
+    if v is None:
+        raise _bad(path, f"{where}.{key}", f"missing (one of {', '.join(choices)})")
+    if v not in choices:
+        raise _bad(path, f"{where}.{key}", f"{v!r} is not one of {', '.join(choices)}")
+    return str(v)
+
+
+def _int(d: dict, key: str, path: Path, where: str, default: int, lo: int, hi: int) -> int:
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise _bad(path, f"{where}.{key}", f"{v!r}: expected an integer in [{lo}, {hi}]")
+    return v
+
+
+def _unknown_keys(d: dict, allowed: set[str], path: Path, where: str) -> None:
+    extra = sorted(set(d) - allowed)
+    if extra:
+        raise _bad(path, where, f"unknown keys {extra}; known: {sorted(allowed)}")
+
+
+def _files(spec: Any, base: Path, path: Path, key: str) -> tuple[Path, ...]:
+    pats = [spec] if isinstance(spec, str) else spec
+    if not isinstance(pats, list) or not pats or not all(isinstance(p, str) for p in pats):
+        raise _bad(path, key, f"expected a file name or a list of them, got {spec!r}")
+    out: list[Path] = []
+    for p in pats:
+        full = str(base / p)
+        matches = sorted(glob.glob(full)) if glob.has_magic(full) else [full]
+        matches = [m for m in matches if Path(m).is_file()]
+        if not matches:
+            raise FileNotFoundError(f"{path}: {key}: {p!r} matches no file (relative to {base})")
+        out.extend(Path(m) for m in matches if Path(m) not in out)
+    for f in out:
+        if f.suffix.lower() not in (".csv", ".parquet"):
+            raise _bad(path, key, f"{f.name}: expected a .csv or .parquet file")
+    return tuple(out)
+
+
+def _field_map(d: Any, path: Path, where: str, taken: set[str]) -> FieldMap:
+    if not isinstance(d, dict):
+        raise _bad(path, where, f"expected a table of name, column, kind; got {d!r}")
+    _unknown_keys(d, _FIELD_KEYS, path, where)
+    name = _str(d, "name", path, where)
+    assert name is not None
+    if name in taken:
+        raise _bad(path, f"{where}.name", f"{name!r} is taken (standard or declared twice)")
+    taken.add(name)
+    column = _str(d, "column", path, where, required=False) or name
+    kind = _choice(d, "kind", FIELD_KINDS, path, where)
+    size = edges = n_buckets = max_size = None
+    if kind == "hash":
+        size = _int(d, "size", path, where, 0, 2, 1 << 24)
+    if kind == "bucket":
+        if ("edges" in d) == ("n_buckets" in d):
+            raise _bad(path, where, "a bucket field takes exactly one of edges, n_buckets")
+        if "edges" in d:
+            e = d["edges"]
+            if (not isinstance(e, list) or not e
+                    or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in e)
+                    or sorted(e) != e or len(set(e)) != len(e)):  # fmt: skip
+                raise _bad(path, f"{where}.edges", f"{e!r}: expected ascending numbers")
+            edges = tuple(float(x) for x in e)
+        else:
+            n_buckets = _int(d, "n_buckets", path, where, 0, 2, 1000)
+    if kind == "category":
+        max_size = d.get("max_size")
+        if max_size is not None:
+            max_size = _int(d, "max_size", path, where, 0, 1, 1 << 24)
+    min_count = _int(d, "min_count", path, where, 1, 1, 1 << 30)
+    return FieldMap(name, column, kind, size, edges, n_buckets, min_count, max_size)
+
+
+def _table_map(d: Any, path: Path, base: Path, where: str, default_hash: int,
+               taken: set[str]) -> TableMap:  # fmt: skip
+    if not isinstance(d, dict):
+        raise _bad(path, where, "missing (a table with file, id and fields)")
+    _unknown_keys(d, _TABLE_KEYS, path, where)
+    files = _files(d.get("file"), base, path, f"{where}.file") if "file" in d else None
+    if files is None:
+        raise _bad(path, f"{where}.file", "missing")
+    if len(files) != 1:
+        raise _bad(path, f"{where}.file", f"expected one file, got {len(files)}")
+    fields = d.get("fields", [])
+    if not isinstance(fields, list):
+        raise _bad(path, f"{where}.fields", "expected a list of field tables")
+    fms = tuple(_field_map(f, path, f"{where}.fields[{i}]", taken) for i, f in enumerate(fields))
+    return TableMap(
+        file=files[0],
+        id=_str(d, "id", path, where) or "",
+        id_hash_size=_int(d, "id_hash_size", path, where, default_hash, 2, 1 << 24),
+        fields=fms,
+        tag=_str(d, "tag", path, where, required=False),
+        author=_str(d, "author", path, where, required=False),
+    )
+
+
+def load_mapping(path: str | Path) -> Mapping:
+    """Read and check a mapping file (``.toml`` or ``.json``); file paths in it are relative to
+    the mapping file. Raises ConfigError naming the key and FileNotFoundError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such mapping file")
+    try:
+        if path.suffix.lower() == ".json":
+            raw = json.loads(path.read_text())
+        else:
+            raw = tomllib.loads(path.read_text())
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a readable mapping file ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a table at the top level")
+    _unknown_keys(raw, {"log", "users", "items", "split"}, path, "top level")
+    base = path.parent
+    log = raw.get("log")
+    if not isinstance(log, dict):
+        raise _bad(path, "log", "missing (a table naming the log's files and columns)")
+    _unknown_keys(log, _LOG_KEYS, path, "log")
+    files = _files(log.get("files"), base, path, "log.files")
+    columns = {}
+    for key in ("request_id", "user_id", "item_id", "timestamp", "position"):
+        columns[key] = _str(log, key, path, "log")
+    kind = _choice(log, "propensity_kind", PROPENSITY_KINDS, path, "log")
+    prop = _str(log, "propensity", path, "log", required=kind != "unknown")
+    if prop is not None:
+        columns["propensity"] = prop
+    for key in ("session_id", "arm"):
+        v = _str(log, key, path, "log", required=False)
+        if v is not None:
+            columns[key] = v
+    aspects = log.get("aspects")
+    if not isinstance(aspects, dict) or not aspects:
+        raise _bad(path, "log.aspects", f"missing: a table aspect = column, aspects {FEEDBACK}")
+    unknown = sorted(set(aspects) - set(FEEDBACK))
+    if unknown:
+        raise _bad(path, "log.aspects", f"unknown aspects {unknown}; known: {list(FEEDBACK)}")
+    for a, c in aspects.items():
+        if not isinstance(c, str) or not c:
+            raise _bad(path, f"log.aspects.{a}", f"expected a column name, got {c!r}")
+    gap = log.get("session_gap_minutes", 30.0)
+    if isinstance(gap, bool) or not isinstance(gap, int | float) or not gap > 0:
+        raise _bad(path, "log.session_gap_minutes", f"{gap!r}: expected a number > 0")
+    taken = {f.name for f in DEFAULT_SPEC.fields}
+    split = raw.get("split", {})
+    if not isinstance(split, dict):
+        raise _bad(path, "split", "expected a table with valid_days, test_days")
+    _unknown_keys(split, {"valid_days", "test_days"}, path, "split")
+    arm_name = log.get("arm_name", "imported")
+    model_version = log.get("model_version", "imported")
+    for key, v in (("arm_name", arm_name), ("model_version", model_version)):
+        if not isinstance(v, str) or not v:
+            raise _bad(path, f"log.{key}", f"expected a non-empty string, got {v!r}")
+    return Mapping(
+        path=path,
+        log_files=files,
+        columns=columns,  # type: ignore[arg-type]
+        timestamp_unit=_choice(log, "timestamp_unit", TIME_UNITS, path, "log"),
+        position_base=_int(log, "position_base", path, "log", 0, 0, 1),
+        slots=_choice(log, "slots", SLOTS, path, "log", default="contiguous"),
+        propensity_kind=kind,
+        aspects={a: aspects[a] for a in FEEDBACK if a in aspects},
+        watch_time_unit=_choice(log, "watch_time_unit", ("s", "ms"), path, "log", default="s"),
+        session_gap_minutes=float(gap),
+        arm_name=arm_name,
+        model_version=model_version,
+        users=_table_map(
+            raw.get("users"), path, base, "users", DEFAULT_SPEC.field("user_id").size, taken
+        ),  # fmt: skip
+        items=_table_map(
+            raw.get("items"), path, base, "items", DEFAULT_SPEC.field("item_id").size, taken
+        ),  # fmt: skip
+        valid_days=_int(split, "valid_days", path, "split", 1, 0, 365),
+        test_days=_int(split, "test_days", path, "split", 1, 0, 365),
+        raw=raw,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Reading and checking columns (pure functions of arrays)
+
+
+def _sample(values: Any, n: int = 3) -> str:
+    """The first ``n`` values as Python literals (numpy scalars as plain numbers)."""
+    return ", ".join(repr(v.item() if isinstance(v, np.generic) else v) for v in list(values)[:n])
+
+
+def _fail(source: str, column: str, problem: str) -> LogValidationError:
+    return LogValidationError(f"{source}: column {column!r}: {problem}")
+
+
+def read_table(path: Path, columns: list[str], what: str) -> pd.DataFrame:
+    """The named columns of a CSV or Parquet file (CSV cells as text where not numeric).
+
+    Raises LogValidationError naming the file and the missing columns (with those it has)."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            have = pq.ParquetFile(path).schema_arrow.names
+        else:
+            have = list(pd.read_csv(path, nrows=0).columns)
+    except (OSError, pa.ArrowInvalid, pd.errors.ParserError, pd.errors.EmptyDataError,
+            UnicodeDecodeError) as e:  # fmt: skip
+        raise LogValidationError(f"{path}: not a readable {what} file ({e})") from None
+    missing = [c for c in dict.fromkeys(columns) if c not in have]
+    if missing:
+        raise LogValidationError(
+            f"{path}: columns {missing} named in the mapping are missing; the file has {have}"
+        )
+    cols = list(dict.fromkeys(columns))
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pq.read_table(path, columns=cols).to_pandas()
+        return pd.read_csv(path, usecols=cols, keep_default_na=True)
+    except (OSError, pa.ArrowInvalid, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise LogValidationError(f"{path}: not a readable {what} file ({e})") from None
+
+
+def stable_id(values: np.ndarray) -> np.ndarray:
+    """Non-negative int64 ids of text ids: the first 8 bytes of blake2b of the UTF-8 text with
+    the top bit cleared (the same value in every import and on every machine)."""
+    uniq, inv = np.unique(values.astype(str), return_inverse=True)
+    h = np.array(
+        [int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "little") >> 1
+         for u in uniq], dtype=np.int64,
+    )  # fmt: skip
+    return h[inv] if len(uniq) else np.zeros(0, np.int64)
+
+
+def id_column(s: pd.Series, source: str, column: str) -> np.ndarray:
+    """int64 ids of an id column: integers as they are (>= 0), text through :func:`stable_id`.
+
+    Raises LogValidationError for missing values, negative or fractional numbers."""
+    if s.isna().any():
+        i = int(np.argmax(s.isna().to_numpy()))
+        raise _fail(source, column, f"row {i}: missing id")
+    if pd.api.types.is_bool_dtype(s):
+        raise _fail(source, column, "boolean values are not ids")
+    if pd.api.types.is_numeric_dtype(s):
+        a = s.to_numpy()
+        if a.dtype.kind == "f":
+            bad = a != np.trunc(a)
+            if bad.any():
+                raise _fail(source, column, f"fractional ids, e.g. {_sample(a[bad])}")
+        a = a.astype(np.int64)
+        if (a < 0).any():
+            raise _fail(source, column, f"negative ids, e.g. {_sample(a[a < 0])}")
+        return a
+    return stable_id(s.to_numpy())
+
+
+def timestamps_ms(s: pd.Series, unit: str, source: str, column: str) -> np.ndarray:
+    """Epoch milliseconds (UTC, int64) from a column in ``unit`` (s, ms, us, ns or iso).
+
+    Values outside 2000-01-01..2100-01-01 in the stated unit are refused (a seconds column
+    declared as ms reads as January 1970), naming the column and a sample of raw values and
+    the dates they would be; unparseable ISO strings and missing values are refused too."""
+    if s.isna().any():
+        i = int(np.argmax(s.isna().to_numpy()))
+        raise _fail(source, column, f"row {i}: missing timestamp")
+    if unit == "iso":
+        if pd.api.types.is_numeric_dtype(s):
+            raise _fail(source, column, f"timestamp_unit iso, but the values are numbers, e.g. "
+                        f"{_sample(s.to_numpy())}; declare s, ms, us or ns")  # fmt: skip
+        t = pd.to_datetime(s, utc=True, errors="coerce", format="ISO8601")
+        bad = t.isna().to_numpy()
+        if bad.any():
+            raise _fail(source, column, f"not ISO 8601 date-times: {_sample(s[bad])}")
+        ms = (t.dt.tz_convert(None).to_numpy().astype("datetime64[ms]")).astype(np.int64)
+    else:
+        if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            raise _fail(
+                source,
+                column,
+                f"timestamp_unit {unit}, but the values are not numbers, e.g. "
+                f"{_sample(s.to_numpy())}; declare iso for date-time text",
+            )
+        raw = s.to_numpy().astype(np.float64)
+        ms = np.floor(raw * _MS_PER[unit]).astype(np.int64)
+    lo, hi = PLAUSIBLE_MS
+    bad = (ms < lo) | (ms >= hi)
+    if bad.any():
+        i = np.flatnonzero(bad)[:3]
+        dates = [str(np.datetime64(int(v), "ms"))[:10] for v in ms[i]]
+        raise _fail(
+            source, column,
+            f"values implausible for timestamp_unit {unit!r}: {_sample(s.to_numpy()[i])} read "
+            f"as {', '.join(dates)} (outside 2000-2100); check the unit",
+        )  # fmt: skip
+    return ms
+
+
+def binary_column(s: pd.Series, source: str, column: str) -> np.ndarray:
+    """0/1 int8 feedback; missing values and others than 0/1/true/false are refused."""
+    if s.isna().any():
+        i = int(np.argmax(s.isna().to_numpy()))
+        raise _fail(source, column, f"row {i}: missing value (a present aspect needs one on "
+                    "every impression)")  # fmt: skip
+    if pd.api.types.is_bool_dtype(s):
+        return s.to_numpy().astype(np.int8)
+    v = pd.to_numeric(s, errors="coerce").to_numpy()
+    bad = ~np.isin(v, (0, 1))
+    if bad.any():
+        raise _fail(source, column, f"values not in {{0, 1}}: {_sample(s.to_numpy()[bad])}")
+    return v.astype(np.int8)
+
+
+def numeric_column(s: pd.Series, source: str, column: str, lo: float, hi: float,
+                   what: str) -> np.ndarray:  # fmt: skip
+    """float64 values in ``[lo, hi]``; missing, non-numeric and out-of-range values refused."""
+    v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(v) | (v < lo) | (v > hi)
+    if bad.any():
+        raise _fail(source, column, f"{what}: values outside [{lo}, {hi}] or missing: "
+                    f"{_sample(s.to_numpy()[bad])}")  # fmt: skip
+    return v
+
+
+def positions(s: pd.Series, base: int, source: str, column: str) -> np.ndarray:
+    """0-based slots (int64) from a position column whose first slot is ``base``."""
+    v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(v) | (v != np.trunc(v)) | (v < base) | (v - base > 32766)
+    if bad.any():
+        raise _fail(source, column, f"positions must be integers >= position_base {base}: "
+                    f"{_sample(s.to_numpy()[bad])}")  # fmt: skip
+    return (v - base).astype(np.int64)
+
+
+def check_slots(request: np.ndarray, pos: np.ndarray, slots: str, source: str,
+                column: str) -> None:  # fmt: skip
+    """A position used twice in a request is refused; under ``contiguous`` a request's
+    positions must be ``0..n-1`` (else the log must declare ``slots = "as_logged"``).
+
+    ``request``, ``pos``: ``(n,)`` rows sorted by (request, position)."""
+    if len(pos) == 0:
+        return
+    same = request[1:] == request[:-1]
+    dup = same & (pos[1:] == pos[:-1])
+    if dup.any():
+        i = int(np.argmax(dup))
+        raise _fail(source, column, f"request {request[i]}: position {pos[i]} logged twice")
+    if slots == "contiguous":
+        start = np.r_[True, ~same]
+        rank = np.arange(len(pos)) - np.maximum.accumulate(np.where(start, np.arange(len(pos)), 0))
+        bad = pos != rank
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise _fail(
+                source, column,
+                f"request {request[i]} shows positions that skip a slot (position {pos[i]} "
+                "where the next free slot is "
+                f"{rank[i]}); declare slots = \"as_logged\" if the log keeps positions as shown",
+            )  # fmt: skip
+
+
+def sessions(user: np.ndarray, t_ms: np.ndarray, gap_ms: float) -> np.ndarray:
+    """Session number of each request, requests given in (user, time) order: a new session
+    starts at a new user, a new UTC day or a pause longer than ``gap_ms``."""
+    if len(user) == 0:
+        return np.zeros(0, np.int64)
+    new = np.r_[True, (user[1:] != user[:-1]) | (np.diff(t_ms) > gap_ms)
+                | (t_ms[1:] // DAY_MS != t_ms[:-1] // DAY_MS)]  # fmt: skip
+    return np.cumsum(new) - 1
+
+
+# ---------------------------------------------------------------------------------------
+# Side tables and the feature spec
+
+
+def build_fields(table: pd.DataFrame, tm: TableMap, group: Group, source: str
+                 ) -> tuple[list[Field], dict[str, np.ndarray]]:  # fmt: skip
+    """The declared fields of a side table and the raw columns they read (by field name,
+    which is each field's ``source``): category fields get their vocabulary from the table's
+    values (:func:`contract.features.category_field`), bucket fields their edges (given, or
+    quantiles: :func:`contract.features.bucket_field`), hash fields their size.
+
+    Raises LogValidationError naming the file and column when a column cannot make its field
+    (fractional values for a category, text for a bucket, no value at all)."""
+    fields: list[Field] = []
+    cols: dict[str, np.ndarray] = {}
+    for f in tm.fields:
+        s = table[f.column]
+        try:
+            if f.kind == "category":
+                fields.append(category_field(f.name, group, s, min_count=f.min_count,
+                                             max_size=f.max_size))  # fmt: skip
+                cols[f.name] = s.to_numpy()
+            elif f.kind == "hash":
+                fields.append(hashed_field(f.name, group, int(f.size or 0)))
+                cols[f.name] = s.to_numpy()
+            else:
+                v = pd.to_numeric(s, errors="coerce")
+                bad = v.isna() & s.notna()
+                if bad.any():
+                    raise ValueError(f"non-numeric values {_sample(s[bad])}")
+                x = v.to_numpy(dtype=np.float64)
+                fields.append(
+                    bucket_field(f.name, group, x, f.n_buckets, f.edges)
+                    if f.edges is None
+                    else bucket_field(f.name, group, edges=f.edges)
+                )
+                cols[f.name] = x
+        except ValueError as e:
+            raise _fail(source, f.column, f"{f.kind} field {f.name!r}: {e}") from None
+    return fields, cols
+
+
+def _hash_or_missing(s: pd.Series, source: str, column: str) -> np.ndarray:
+    """int64 raw ids of an author column: integers as they are, text through
+    :func:`stable_id`, missing as -1 (which hashes to the unknown id 0)."""
+    out = np.full(len(s), -1, dtype=np.int64)
+    ok = s.notna().to_numpy()
+    if pd.api.types.is_numeric_dtype(s):
+        out[ok] = id_column(s[ok], source, column)
+    else:
+        out[ok] = stable_id(s.to_numpy()[ok])
+    return out
+
+
+def feature_spec(user_fields: list[Field], item_fields: list[Field], users: TableMap,
+                 items: TableMap, n_tags: int, has_author: bool) -> FeatureSpec:  # fmt: skip
+    """The dataset's spec: hashed user id and the declared user fields; the standard context
+    fields; hashed item id, the author (hashed, reads ``author_raw``) and tag (the tag
+    vocabulary's ids, kind ``vocab``) when the mapping names them, the declared item fields;
+    the standard list fields (computed by :func:`contract.features.list_fields`)."""
+    fields = [hashed_field("user_id", "user", users.id_hash_size), *user_fields]
+    fields += list(CONTEXT_FIELDS)
+    fields.append(hashed_field("item_id", "item", items.id_hash_size))
+    if has_author:
+        a = DEFAULT_SPEC.field("author_id")
+        fields.append(Field("author_id", "item", a.size, "hash", source="author_raw"))
+    if n_tags:
+        fields.append(Field("tag", "item", n_tags + 1, "vocab"))
+    fields += item_fields
+    fields += list(LIST_FIELDS)
+    spec = FeatureSpec(tuple(fields), version=DEFAULT_SPEC.version,
+                       recent_window=DEFAULT_SPEC.recent_window)  # fmt: skip
+    check_standard_layout(spec)
+    return spec
+
+
+def _arrow(values: np.ndarray) -> pa.Array:
+    """A raw column for Parquet: numbers as they are, text with missing values as null."""
+    if values.dtype == object:
+        return pa.array([None if (v is None or (isinstance(v, float) and v != v)) else v
+                         for v in values])  # fmt: skip
+    return pa.array(values)
+
+
+def read_side(tm: TableMap, group: Group, log_ids: np.ndarray
+              ) -> tuple[dict[str, pa.Array], list[Field], dict[str, Any]]:  # fmt: skip
+    """A side table's columns (its id as ``user_id``/``item_id``; for items ``tag`` and
+    ``author_raw``; the raw column of every declared field under the field's name), its
+    declared fields, and its part of the import report (rows, the log's ids missing from it).
+
+    Items: ``tag`` is ``1 +`` the index of the item's tag in the sorted tag vocabulary (0 when
+    the mapping names no tag column or the value is missing), ``author_raw`` the author as an
+    int64 id (-1 when absent). Raises LogValidationError for an empty table or a repeated id.
+    """
+    source = str(tm.file)
+    cols = [tm.id, *(f.column for f in tm.fields), *(c for c in (tm.tag, tm.author) if c)]
+    df = read_table(tm.file, cols, f"{group}s table")
+    if df.empty:
+        raise LogValidationError(f"{source}: the {group}s table has no rows")
+    ids = id_column(df[tm.id], source, tm.id)
+    u, first, counts = np.unique(ids, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        dup = df[tm.id].iloc[int(first[np.argmax(counts > 1)])]
+        raise _fail(source, tm.id, f"id {dup!r} appears twice")
+    order = np.argsort(ids, kind="stable")
+    fields, raw = build_fields(df, tm, group, source)
+    out: dict[str, pa.Array] = {f"{group}_id": pa.array(ids[order], pa.int64())}
+    report: dict[str, Any] = {"rows": int(len(ids))}
+    if group == "item":
+        tags = np.zeros(len(df), np.int64)
+        if tm.tag:
+            try:
+                tf = category_field("tag", "item", df[tm.tag])
+            except ValueError as e:
+                raise _fail(source, tm.tag, f"tag: {e}") from None
+            tags = category_ids(tf.vocab, df[tm.tag].to_numpy(), "tag")
+            report["tag_vocab"] = list(tf.vocab)
+        author = (_hash_or_missing(df[tm.author], source, tm.author) if tm.author
+                  else np.full(len(df), -1, np.int64))  # fmt: skip
+        out["tag"] = pa.array(tags[order], pa.int64())
+        out["author_raw"] = pa.array(author[order], pa.int64())
+    for name, v in raw.items():
+        out[name] = _arrow(v[order])
+    missing = np.setdiff1d(log_ids, ids)
+    report[f"log_{group}s"] = int(len(log_ids))
+    report[f"log_{group}s_missing"] = int(missing.size)
+    report[f"log_{group}s_missing_examples"] = [int(x) for x in missing[:5]]
+    return out, fields, report
+
+
+# ---------------------------------------------------------------------------------------
+# The log
+
+
+def read_log(m: Mapping, say: Callable[[str], None]) -> pd.DataFrame:
+    """The log's mapped columns of every file, checked and typed: request, user, item (int64
+    ids), t_ms, pos (0-based), propensity, the aspects, session (when mapped), arm."""
+    parts = []
+    for f in m.log_files:
+        t0 = time.perf_counter()
+        need = list(m.columns.values()) + list(m.aspects.values())
+        df = read_table(f, need, "log")
+        src = str(f)
+        c = m.columns
+        out = pd.DataFrame({
+            "request": id_column(df[c["request_id"]], src, c["request_id"]),
+            "user": id_column(df[c["user_id"]], src, c["user_id"]),
+            "item": id_column(df[c["item_id"]], src, c["item_id"]),
+            "t_ms": timestamps_ms(df[c["timestamp"]], m.timestamp_unit, src, c["timestamp"]),
+            "pos": positions(df[c["position"]], m.position_base, src, c["position"]),
+        })  # fmt: skip
+        if "propensity" in c:
+            out["propensity"] = numeric_column(df[c["propensity"]], src, c["propensity"],
+                                               1e-300, 1.0, "propensity in (0, 1]")  # fmt: skip
+            if (out["propensity"] <= 0).any():
+                raise _fail(src, c["propensity"], "propensity 0 (must be in (0, 1])")
+        else:
+            out["propensity"] = PROPENSITY_PLACEHOLDER
+        for a, col in m.aspects.items():
+            if a == "watch_time":
+                v = numeric_column(df[col], src, col, 0.0, np.inf, "watch time >= 0")
+                out[a] = v / (1000.0 if m.watch_time_unit == "ms" else 1.0)
+            else:
+                out[a] = binary_column(df[col], src, col)
+        if "session_id" in c:
+            out["session"] = id_column(df[c["session_id"]], src, c["session_id"])
+        out["arm"] = df[c["arm"]].astype(str).to_numpy() if "arm" in c else m.arm_name
+        out["file"] = len(parts)
+        parts.append(out)
+        say(f"read {len(out):,} rows of {f} in {time.perf_counter() - t0:.1f} s")
+    return pd.concat(parts, ignore_index=True)
+
+
+def arrange(log: pd.DataFrame, m: Mapping) -> pd.DataFrame:
+    """Requests, sessions, request indices and days of a checked log (:func:`read_log`),
+    rows sorted by (day, session start, session, request time, request, position).
+
+    Adds ``session`` (0.. in that order), ``request_index``, ``t_req`` (the request's earliest
+    timestamp) and ``day`` (0.. over the UTC days present). Raises LogValidationError when a
+    request id has rows of two users, an item twice, or a slot twice (see :func:`check_slots`).
+    """
+    src = ", ".join(str(f) for f in m.log_files)
+    c = m.columns
+    g = log.groupby("request", sort=False)
+    if (g["user"].nunique() > 1).any():
+        r = int(g["user"].nunique().gt(1).idxmax())
+        raise _fail(src, c["user_id"], f"request {r} has rows of more than one user")
+    log = log.assign(t_req=g["t_ms"].transform("min"))
+    if "session" in log:
+        if (g["session"].nunique() > 1).any():
+            r = int(g["session"].nunique().gt(1).idxmax())
+            raise _fail(src, c["session_id"], f"request {r} has rows of more than one session")
+    log = log.sort_values(["request", "pos"], kind="stable").reset_index(drop=True)
+    check_slots(log["request"].to_numpy(), log["pos"].to_numpy(), m.slots, src, c["position"])
+    dup = log.duplicated(["request", "item"])
+    if dup.any():
+        i = int(np.argmax(dup.to_numpy()))
+        raise _fail(src, c["item_id"], f"request {log['request'][i]}: item "
+                    f"{log['item'][i]} logged twice")  # fmt: skip
+    req = log.drop_duplicates("request")[["request", "user", "t_req", *(
+        ["session"] if "session" in log else [])]]  # fmt: skip
+    if "session" in req:
+        req = req.sort_values(["session", "t_req", "request"], kind="stable")
+        s_start = req.groupby("session")["t_req"].transform("min")
+        req = req.assign(s_start=s_start, s_user=req.groupby("session")["user"].transform("first"))
+        if (req.groupby("session")["user"].nunique() > 1).any():
+            s = req.groupby("session")["user"].nunique().gt(1).idxmax()
+            raise _fail(src, c["session_id"], f"session {s} has requests of more than one user")
+        key = ["s_start", "s_user", "session", "t_req", "request"]
+    else:
+        req = req.sort_values(["user", "t_req", "request"], kind="stable")
+        req["session"] = sessions(req["user"].to_numpy(), req["t_req"].to_numpy(),
+                                  m.session_gap_minutes * 60_000.0)  # fmt: skip
+        req["s_start"] = req.groupby("session")["t_req"].transform("min")
+        req["s_user"] = req["user"]
+        key = ["s_start", "s_user", "session", "t_req", "request"]
+    req = req.sort_values(key, kind="stable").reset_index(drop=True)
+    new_sess = np.r_[True, req["session"].to_numpy()[1:] != req["session"].to_numpy()[:-1]]
+    sess_no = np.cumsum(new_sess) - 1
+    first = np.maximum.accumulate(np.where(new_sess, np.arange(len(req)), 0))
+    req_index = np.arange(len(req)) - first
+    if len(req) and req_index.max() > np.iinfo(np.int32).max:
+        raise _fail(src, "session", "a session has more than 2^31 requests")
+    day_abs = req["s_start"].to_numpy() // DAY_MS
+    days = np.unique(day_abs)
+    meta = pd.DataFrame({
+        "request": req["request"].to_numpy(),
+        "session_no": sess_no,
+        "request_index": req_index.astype(np.int32),
+        "order": np.arange(len(req)),
+        "day": np.searchsorted(days, day_abs),
+    })  # fmt: skip
+    log = log.drop(columns=["session"], errors="ignore").merge(meta, on="request", how="left")
+    log = log.sort_values(["order", "pos"], kind="stable").reset_index(drop=True)
+    log.attrs["days"] = [str(np.datetime64(int(d) * DAY_MS, "ms"))[:10] for d in days]
+    return log
+
+
+def log_rows(log: pd.DataFrame, aspects: list[str], model_version: str) -> pa.Table:
+    """Impression-log rows of arranged requests (:func:`arrange`) through the contract's row
+    builder :func:`contract.schema.log_table`, one call per (arm, request length); positions
+    are then set to the logged ones (``log_table`` numbers shown slots ``0..k-1``), and each
+    row keeps its own timestamp. Aspects not in ``aspects`` are left null."""
+    n = len(log)
+    if n == 0:
+        return LOG_SCHEMA.empty_table()
+    rq = log["request"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, rq[1:] != rq[:-1]])
+    lengths = np.diff(np.r_[starts, n])
+    arm = log["arm"].to_numpy()[starts].astype(str)
+    pieces, order = [], []
+    for a in np.unique(arm):
+        for length in np.unique(lengths[arm == a]):
+            first = starts[(arm == a) & (lengths == length)]
+            at = first[:, None] + np.arange(length)  # (R, L) rows of these requests
+            cols: dict[str, np.ndarray] = {
+                "request_id": rq[first],
+                "session_id": log["session_no"].to_numpy()[first].astype(np.int64),
+                "user_id": log["user"].to_numpy()[first],
+                "timestamp": log["t_req"].to_numpy()[first],
+                "request_index": log["request_index"].to_numpy()[first].astype(np.int32),
+                "item_id": log["item"].to_numpy()[at],
+                "propensity": log["propensity"].to_numpy(dtype=np.float64)[at],
+            }
+            for name in aspects:
+                v = log[name].to_numpy()[at]
+                cols[name] = v.astype(np.float32 if name == "watch_time" else np.int8)
+            pieces.append(log_table(cols, str(a), model_version))
+            order.append(at.ravel())
+    table = pa.concat_tables(pieces).take(np.argsort(np.concatenate(order)))
+    for name, values in (("position", log["pos"].to_numpy().astype(np.int16)),
+                         ("timestamp", log["t_ms"].to_numpy().astype(np.int64))):  # fmt: skip
+        i = LOG_SCHEMA.get_field_index(name)
+        table = table.set_column(i, LOG_SCHEMA.field(i), pa.array(values, LOG_SCHEMA.field(i).type))
+    return table
+
+
+# ---------------------------------------------------------------------------------------
+# The import
+
+
+def import_log(
+    mapping: str | Path,
+    out: str | Path,
+    overwrite: bool = False,
+    shard_rows: int = 2_000_000,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Import the log a mapping file describes into the dataset folder ``out``.
+
+    Returns the import report (also written as ``out/import.json``): rows, requests,
+    sessions, days, the dataset.json keys above, and per side table the rows, the unknown
+    values per field and the log ids missing from it. Raises ConfigError (a bad mapping),
+    FileNotFoundError, LogValidationError (bad values: file, column, sample) and DatasetError
+    (``out`` exists without ``overwrite``; too few days for the split). Nothing is left
+    under ``out`` when it fails.
+    """
+    from tqdm.auto import tqdm
+
+    def say(msg: str) -> None:
+        if log is not None and progress:
+            log(msg)
+
+    t0 = time.perf_counter()
+    m = load_mapping(mapping)
+    if Path(out).exists() and not overwrite:
+        raise DatasetError(f"{out} exists (pass --overwrite to replace it)")
+    raw = read_log(m, say)
+    if raw.empty:
+        raise LogValidationError(f"{m.log_files[0]}: the log has no rows")
+    arranged = arrange(raw, m)
+    del raw
+    n_days = len(arranged.attrs["days"])
+    if n_days < m.valid_days + m.test_days + 1:
+        raise DatasetError(
+            f"the log spans {n_days} UTC day(s) ({', '.join(arranged.attrs['days'])}); "
+            f"valid_days={m.valid_days} + test_days={m.test_days} need at least "
+            f"{m.valid_days + m.test_days + 1}"
+        )
+    say(f"{arranged['request'].nunique():,} requests, {int(arranged['session_no'].max()) + 1:,} "
+        f"sessions over {n_days} days")  # fmt: skip
+    users, user_fields, user_rep = read_side(m.users, "user",
+                                             np.unique(arranged["user"].to_numpy()))  # fmt: skip
+    items, item_fields, item_rep = read_side(m.items, "item",
+                                             np.unique(arranged["item"].to_numpy()))  # fmt: skip
+    spec = feature_spec(user_fields, item_fields, m.users, m.items,
+                        len(item_rep.get("tag_vocab", [])), bool(m.items.author))  # fmt: skip
+    for rep, group, table in ((user_rep, "user", users), (item_rep, "item", items)):
+        raw = {name: table[name].to_numpy(zero_copy_only=False) for name in table}
+        counts = unknown_counts(spec, group, raw)
+        rep["unknown_values"] = {
+            f.name: counts[f.name] for f in (user_fields if group == "user" else item_fields)
+        }
+    aspects = list(m.aspects)
+    builder = DatasetBuilder(out, overwrite=overwrite, shard_rows=shard_rows)
+    with builder:
+        builder.write_side_tables(pa.table(users), pa.table(items), spec)
+        assert builder.writer is not None
+        builder.writer.validate = False  # checked below with the declared aspects
+        days = arranged["day"].to_numpy()
+        bounds = np.r_[np.flatnonzero(np.r_[True, days[1:] != days[:-1]]), len(days)]
+        bar = tqdm(range(len(bounds) - 1), desc="write days", unit="day", disable=not progress)
+        for j in bar:
+            part = arranged.iloc[bounds[j] : bounds[j + 1]]
+            table = log_rows(part, aspects, m.model_version)
+            validate_log_table(table, f"{out} day {part['day'].iloc[0]}", aspects=aspects)
+            for piece in _session_pieces(table, shard_rows):
+                builder.writer.write(piece, int(part["day"].iloc[0]))
+            builder.writer.flush()
+        n_slots = int(arranged["pos"].max()) + 1
+        report = {
+            "source": "import",
+            "mapping": str(m.path),
+            "log_files": [str(f) for f in m.log_files],
+            "rows": int(len(arranged)),
+            "requests": int(arranged["request"].nunique()),
+            "sessions": int(arranged["session_no"].max()) + 1,
+            "days": arranged.attrs["days"],
+            "slots": m.slots,
+            "aspects": aspects,
+            "absent_aspects": [a for a in FEEDBACK if a not in aspects],
+            "propensity": m.propensity_kind,
+            "users": user_rep,
+            "items": item_rep,
+        }
+        meta = builder.finish(
+            {
+                "source": "import",
+                "mapping": m.raw,
+                "slots": m.slots,
+                "aspects": aspects,
+                "propensity": m.propensity_kind,
+                "list_size": n_slots,
+                "timestamp_unit": m.timestamp_unit,
+                "position_base": m.position_base,
+                "dates": arranged.attrs["days"],
+                "model_version": m.model_version,
+                "import": {k: report[k] for k in ("users", "items")},
+                "seconds": round(time.perf_counter() - t0, 2),
+            },
+            valid_days=m.valid_days,
+            test_days=m.test_days,
+        )
+        report["counts"] = meta["counts"]
+        report["split"] = {k: len(v) for k, v in meta["split"].items()}
+        report["seconds"] = meta["seconds"]
+        (builder.tmp / IMPORT_REPORT).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _session_pieces(table: pa.Table, rows: int) -> list[pa.Table]:
+    sid = table.column("session_id").to_numpy()
+    starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+    out, lo = [], 0
+    while lo < table.num_rows:
+        j = np.searchsorted(starts, lo + rows)
+        hi = int(starts[j]) if j < len(starts) else table.num_rows
+        hi = max(hi, lo + 1)
+        out.append(table.slice(lo, hi - lo))
+        lo = hi
+    return out
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The printed summary of an import report."""
+    c = report["counts"]
+    lines = [
+        f"{c['rows']:,} impressions, {report['requests']:,} requests, {c['sessions']:,} sessions, "
+        f"{len(report['days'])} days (split: " + ", ".join(
+            f"{k} {v}" for k, v in report["split"].items()) + " shards)",
+        f"slots {report['slots']}; propensity {report['propensity']}; aspects "
+        f"{', '.join(report['aspects'])}"
+        + (f" (absent, written as null: {', '.join(report['absent_aspects'])})"
+           if report["absent_aspects"] else ""),
+    ]  # fmt: skip
+    for g in ("users", "items"):
+        r = report[g]
+        one = g[:-1]
+        lines.append(
+            f"{g}: {r['rows']:,} rows; {r[f'log_{g}_missing']:,} of {r[f'log_{g}']:,} log "
+            f"{one} ids missing from the table ("
+            + ("unknown profile)" if g == "users" else "unknown features)")
+        )
+        unk = {k: v for k, v in r["unknown_values"].items() if v}
+        if unk:
+            lines.append("  values outside the vocabulary / missing (-> unknown id 0): "
+                         + ", ".join(f"{k} {v:,}" for k, v in unk.items()))  # fmt: skip
+    return lines
