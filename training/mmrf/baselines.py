@@ -199,7 +199,7 @@ def pareto_mask(objectives: np.ndarray) -> np.ndarray:
         raise ValueError(f"objectives must be a finite (M, J) array, got shape {o.shape}")
     ge = (o[:, None, :] >= o[None, :, :]).all(-1)  # [j, i]: j >= i everywhere
     gt = (o[:, None, :] > o[None, :, :]).any(-1)
-    return ~(ge & gt).any(axis=0)
+    return np.asarray(~(ge & gt).any(axis=0))
 
 
 def balanced_choice(objectives: np.ndarray, mask: np.ndarray) -> int:
@@ -227,9 +227,10 @@ def pareto_objectives(
 ) -> dict[str, float]:
     """One objective per aspect (higher is better) of the mixed score ``agent_scores @ mix``.
 
-    ``agent_scores (G, N)``, ``mix (N,)``, ``feedback (G, A)`` on the model scale, ``users
-    (G,)``. Binary aspects: the GAUC of the score (hate: of the negated score, fewer hates
-    ranked high is better); watch time: the Pearson correlation with model-scale watch time.
+    ``agent_scores (G, N)``, ``mix (N,)``, ``feedback (G, A)`` on the model scale (columns
+    in ``aspects`` order, names from ``ASPECTS``), ``users (G,)``. Binary aspects: the GAUC
+    of the score (hate: of the negated score, fewer hates ranked high is better); watch time:
+    the Pearson correlation with model-scale watch time.
     An aspect whose figure is undefined here (one class for every user, or no spread) is left
     out of the dict.
     """
@@ -239,7 +240,7 @@ def pareto_objectives(
     out: dict[str, float] = {}
     for j, a in enumerate(aspects):
         y = feedback[:, j]
-        if BINARY[j]:
+        if BINARY[ASPECTS.index(a)]:
             try:
                 out[a] = gauc(users, y, -score if a == "hate" else score)[0]
             except ValueError:
@@ -321,6 +322,8 @@ def dual_update(lam: torch.Tensor, dist: torch.Tensor, epsilon: float, lr: float
 
 class _Multipliers(nn.Module):
     """TSCAC's ``lambda (K,)`` as a checkpointable buffer."""
+
+    value: torch.Tensor
 
     def __init__(self, k: int, init: float) -> None:
         super().__init__()
