@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 
 from contract.features import DEFAULT_SPEC, prefix_counts
-from training.data.features import SideTables, build_requests, candidate_ids
+from tests.training.log_rows import Req, log_rows, side_tables
+from training.data.features import SideTables, build_requests, candidate_ids, slot_position
 from training.eval.policies import OnlineFeatures
 from training.sim.config import preset
 from training.sim.env import Env
@@ -78,3 +79,45 @@ def test_candidate_ids_of_shown_item_equal_its_impression_ids(logged):
     g = np.arange(0, req.n_impressions, 5)
     c = candidate_ids(req, req.imp_req[g], req.imp_slot[g], cols=req.imp_slot[g][:, None])[:, 0]
     np.testing.assert_array_equal(c, req.imp_ids[g, 10:])
+
+
+T0 = 1_649_376_000_000
+N_ITEM = len(DEFAULT_SPEC.group("item"))  # candidate ids: the item fields, then the list fields
+
+
+def test_an_impression_logged_at_position_2_is_featurised_at_position_2() -> None:
+    # The worked example: a request whose only impression is logged at position 2 (an
+    # imported bandit log) was featurised as position 0.
+    users, items = side_tables([1], [10, 11, 12])
+    table = log_rows([Req(1, 0, T0, [(10, 2, 1)], others=(11, 12))])
+    req = build_requests(table, SideTables.from_tables(users, items))
+    position = DEFAULT_SPEC.names().index("position")
+    assert req.imp_ids[0, position] == 3  # a count field: 1 + position 2 (it was 1)
+    assert req.shown_pos.tolist() == [[2]]
+    # an unshown candidate scored for that slot, and for the slot after it (position 3)
+    ids = candidate_ids(req, np.array([0, 0]), np.array([0, 1]), cols=np.array([[1], [1]]))
+    assert ids[:, 0, N_ITEM].tolist() == [3, 4]
+
+
+def test_sparse_slots_follow_the_logged_positions_not_the_row_order() -> None:
+    # Items 10 and 11 share tag 5; the rows list position 3 before position 1.
+    users, items = side_tables([1], [10, 11, 12], tags=[5, 5, 6])
+    table = log_rows([Req(1, 0, T0, [(11, 3, 0), (10, 1, 1)], others=(12,))])
+    req = build_requests(table, SideTables.from_tables(users, items))
+    assert req.cand_item[0, :2].tolist() == [10, 11]  # the shown items in position order
+    assert req.shown_pos.tolist() == [[1, 3]]
+    names = DEFAULT_SPEC.names()
+    assert req.imp_ids[:, names.index("position")].tolist() == [2, 4]
+    # item 11 (position 3) has one earlier item of its tag: item 10 at position 1
+    assert req.imp_ids[:, names.index("same_tag_in_list")].tolist() == [1, 2]
+    assert req.label("click").tolist() == [1, 0]
+
+
+def test_slot_position_past_the_shown_items_continues_after_the_last() -> None:
+    users, items = side_tables([1, 2], [10, 11, 12, 13])
+    table = log_rows([Req(1, 0, T0, [(10, 0, 0), (11, 1, 0)]), Req(2, 0, T0, [(12, 4, 0)])])
+    req = build_requests(table, SideTables.from_tables(users, items))
+    r = np.array([0, 0, 0, 1, 1])
+    t = np.array([0, 1, 2, 0, 1])
+    # contiguous slots: the column itself; sparse: 4, then 5
+    assert slot_position(req, r, t).tolist() == [0, 1, 2, 4, 5]

@@ -117,7 +117,10 @@ class Requests:
     """Per-request and per-impression arrays of a table of whole sessions.
 
     ``R`` requests with at most ``C`` candidates and ``K`` shown slots; ``G`` impressions.
-    Candidate column ``j < n_shown[r]`` of request ``r`` is the item shown at slot ``j``.
+    Candidate column ``j < n_shown[r]`` of request ``r`` is its ``j``-th shown item in the order
+    of the logged positions, shown at position ``shown_pos[r, j]`` (``j`` itself when the slots
+    are contiguous; an imported log may show its only impression at position 2). The position
+    list field reads the logged position, and "earlier in the list" means a lower one.
     """
 
     session_id: np.ndarray  # (R,)
@@ -134,13 +137,14 @@ class Requests:
     cand_author: np.ndarray  # (R, C)
     feedback: np.ndarray  # (R, K, 7) float32, FEEDBACK order; 0 where not shown
     propensity: np.ndarray  # (R, K) float64; 1 where not shown
+    shown_pos: np.ndarray  # (R, K) int64 logged position of shown column j; -1 where not shown
     depth: np.ndarray  # (R,) impressions in the session before the request
     clicks: np.ndarray  # (R,) clicks in the session before the request
     recent_tags: np.ndarray  # (R, W) tags of the session's last impressions (0 = none)
     next_req: np.ndarray  # (R,) next request of the session, -1 for the last
     imp_start: np.ndarray  # (R,) index of the request's first impression in the flat order
     imp_req: np.ndarray  # (G,) request of each impression
-    imp_slot: np.ndarray  # (G,) slot of each impression
+    imp_slot: np.ndarray  # (G,) shown column of each impression (its position: shown_pos)
     imp_ids: np.ndarray  # (G, 22) field ids of each impression
     imp_sess_start: np.ndarray  # (G,) flat index of the first impression of its session
 
@@ -228,6 +232,8 @@ def build_requests(
     for j, name in enumerate(FEEDBACK):
         feedback[r_of_row[sr], slot_of, j] = fb[name][sr]
     propensity[r_of_row[sr], slot_of] = prop[sr]
+    shown_pos = np.full((n_req, k), -1, dtype=np.int64)
+    shown_pos[r_of_row[sr], slot_of] = pos[sr]
 
     first = starts
     session = col["session_id"][first]
@@ -269,6 +275,7 @@ def build_requests(
         cand_author=np.where(cand_mask, cand_author, -2),
         feedback=feedback,
         propensity=propensity,
+        shown_pos=shown_pos,
         depth=depth,
         clicks=clicks,
         recent_tags=recent_tags.astype(np.int64),
@@ -293,12 +300,31 @@ def _exclusive_cumsum_by_group(x: np.ndarray, group: np.ndarray) -> np.ndarray:
     return c - base
 
 
+def slot_position(req: Requests, r: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``(B,)`` position of slot (shown column) ``t`` of requests ``r``: the logged position of
+    its ``t``-th shown item; past the shown items, the positions after the last shown one
+    (``last + 1 + t - n_shown``). Equals ``t`` when a request's slots are ``0..n-1``.
+
+    Example: a request whose only impression was logged at position 2 gives 2 at ``t = 0``
+    and 3 at ``t = 1``.
+    """
+    r, t = np.asarray(r), np.asarray(t)
+    k = req.list_size
+    if k == 0:
+        return t.astype(np.int64)
+    n = req.n_shown[r]
+    last = req.shown_pos[r, np.maximum(n - 1, 0)]  # -1 when nothing was shown
+    own = req.shown_pos[r, np.minimum(t, k - 1)]
+    return np.where(t < n, own, last + 1 + t - n)
+
+
 def list_ids(
     req: Requests, r: np.ndarray, t: np.ndarray, tags: np.ndarray, authors: np.ndarray
 ) -> np.ndarray:
     """``(B, M, 6)`` list ids of items with ``tags``/``authors`` ``(B, M)`` at slot ``t`` of ``r``.
 
-    The earlier slots ``0..t-1`` hold the logged slate of the request.
+    The earlier slots ``0..t-1`` hold the logged slate of the request; the position field is
+    the logged one (:func:`slot_position`).
     """
     k = req.list_size
     placed_tag = req.cand_tag[r, :k] if k else np.zeros((len(r), 0), np.int64)
@@ -307,8 +333,9 @@ def list_ids(
     same_tag = candidate_prefix_counts(tags, placed_tag, t)
     same_author = candidate_prefix_counts(authors, placed_author, t)
     recent = (tags[:, :, None] == req.recent_tags[r][:, None, :]).sum(-1)
+    pos = slot_position(req, r, t)[:, None]
     return list_fields(
-        t[:, None], same_tag, same_author, recent, req.depth[r][:, None], req.clicks[r][:, None]
+        pos, same_tag, same_author, recent, req.depth[r][:, None], req.clicks[r][:, None]
     )
 
 
