@@ -161,43 +161,28 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_kwargs(args: argparse.Namespace) -> dict:
+    """What both report commands take alike: folders, world overrides, folder flags."""
+    return {"runs_dir": args.runs, "data_root": args.datasets,
+            "world_overrides": parse_overrides(args.set or []), "resume": args.resume,
+            "overwrite": args.overwrite, "progress": not args.no_progress,
+            "command": _command_line()}  # fmt: skip
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from training.eval.report import run_report
 
-    run_report(
-        args.preset,
-        args.seeds,
-        args.out,
-        runs_dir=args.runs,
-        data_root=args.datasets,
-        world_overrides=parse_overrides(args.set or []),
-        budget_overrides=parse_overrides(args.budget or []),
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        command=_command_line(),
-    )
+    budget = parse_overrides(args.budget or [])
+    run_report(args.preset, args.seeds, args.out, budget_overrides=budget, **_report_kwargs(args))
     return 0
 
 
 def _cmd_drl_report(args: argparse.Namespace) -> int:
     from training.drl.report import run_drl_report
 
-    run_drl_report(
-        args.preset,
-        args.seeds,
-        args.out,
-        runs_dir=args.runs,
-        data_root=args.datasets,
-        scale=args.scale,
-        only=args.only,
-        overrides=parse_overrides(args.budget or []),
-        world_overrides=parse_overrides(args.set or []),
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        command=_command_line(),
-    )
+    budget = parse_overrides(args.budget or [])
+    run_drl_report(args.preset, args.seeds, args.out, scale=args.scale, only=args.only,
+                   overrides=budget, **_report_kwargs(args))  # fmt: skip
     return 0
 
 

@@ -25,7 +25,7 @@ from training.eval.baselines_run import EvalConfig
 from training.eval.samples import MMRF_WEIGHTS, WATCH_NORM_S
 from training.harness.claims import failed_checks
 from training.harness.data import world_fingerprint
-from training.harness.render import compact, findings_section, mmss, num, pct, pm, status
+from training.harness.render import ci, compact, findings_section, mmss, num, pct, pm, status
 from training.harness.runfolder import write_text
 
 __all__ = ["build_report"]
@@ -258,29 +258,24 @@ def _online_section(
         "intervals, seeds pooled):"
     )
     w("")
-    arms = agg["arms"]
-    w("| arm | " + " | ".join(ONLINE_METRICS.values()) + " |")
-    w("|---|" + "---:|" * len(ONLINE_METRICS))
-    for a in arms:
-        cells = []
-        for m in ONLINE_METRICS:
-            v = agg["online"][a][m]["value"]
-            cells.append(f"{compact(v['mean'])} [{compact(v['low'])}, {compact(v['high'])}]")
-        w(f"| {a} | " + " | ".join(cells) + " |")
+    _online_table(w, agg, "value", lambda v: ci(v, fmt=compact))
     w("")
     w(
         "Relative change vs the `logging` arm (%), paired over the same users / sessions "
         "(delta-method intervals, seeds pooled):"
     )
     w("")
+    _online_table(w, agg, "rel", lambda r: ci(r, 2, as_pct=True))
+
+
+def _online_table(
+    w: Callable[[str], None], agg: Mapping[str, Any], key: str, cell: Callable[[Any], str]
+) -> None:
+    """A table of every arm (rows) and online metric (columns): ``cell`` of each one's ``key``."""
     w("| arm | " + " | ".join(ONLINE_METRICS.values()) + " |")
     w("|---|" + "---:|" * len(ONLINE_METRICS))
-    for a in arms:
-        cells = []
-        for m in ONLINE_METRICS:
-            r = agg["online"][a][m]["rel"]
-            cells.append(f"{pct(r['mean'])} [{pct(r['low'])}, {pct(r['high'])}]")
-        w(f"| {a} | " + " | ".join(cells) + " |")
+    for a in agg["arms"]:
+        w(f"| {a} | " + " | ".join(cell(agg["online"][a][m][key]) for m in ONLINE_METRICS) + " |")
 
 
 def _ncis_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: EvalConfig) -> None:
@@ -307,9 +302,7 @@ def _ncis_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: EvalCon
         clip = ", ".join(f"{100 * c:.1f}%" for c in n["clipped_fraction"])
         caps = ",".join(f"{q:g}" for q in n["cap_quantile"] if q is not None) or "-"
         w(f"| {pol} | {','.join(f'{t:g}' for t in temps) or '-'} | {caps} "
-          f"| {num(e['mean'])} [{num(e['low'])}, {num(e['high'])}] "
-          f"| {num(o['mean'])} [{num(o['low'])}, {num(o['high'])}] "
-          f"| {num(b['mean'])} [{num(b['low'])}, {num(b['high'])}] "
+          f"| {ci(e, sign=False)} | {ci(o, sign=False)} | {ci(b, sign=False)} "
           f"| {pct(n['rel_bias_pct'][0])} | {ess} | {clip} "
           f"| {sum(n['agrees_per_seed'])}/{len(n['agrees_per_seed'])} seeds |")  # fmt: skip
     lg = agg["ncis"].get("logging")

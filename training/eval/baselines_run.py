@@ -59,7 +59,7 @@ from training.eval.baselines_stages import (
     train_model,
 )
 from training.eval.slates import online_clicks_per_request
-from training.harness.config import apply_overrides, pick
+from training.harness.config import apply_overrides, pick, world_pairs
 from training.harness.data import (
     SIM_SOURCE,
     dataset_dir,
@@ -180,6 +180,10 @@ class EvalConfig:
         :func:`training.harness.config.apply_overrides`."""
         return apply_overrides(self, overrides, "eval config", fixed=("world_overrides",))
 
+    def with_world(self, overrides: Mapping[str, str]) -> EvalConfig:
+        """A copy whose worlds take ``overrides`` (``--set`` of the command), checked now."""
+        return dataclasses.replace(self, world_overrides=world_pairs(self.world_preset, overrides))
+
 
 EVAL_PRESETS: dict[str, EvalConfig] = {
     # Seconds: every model on the tiny world, small budgets.
@@ -272,7 +276,7 @@ def run_seed(
     path = dataset_dir(Path(data_root), cfg.world_preset, cfg.world_overrides, seed)
     ds, gen = ensure_dataset(path, wcfg, cfg.world_preset,
                              progress, logf)  # fmt: skip
-    side = SideTables.from_tables(ds.users(), ds.items())
+    side = SideTables.from_tables(ds.users(), ds.items(), ds.spec)
     ctx = SeedContext(cfg, seed, wcfg, ds, side, run_dir, progress, logf)
     models = {name: train_model(ctx, name) for name in cfg.models}
     temps = choose_temperatures(ctx)

@@ -14,17 +14,14 @@ numbers into verdicts and :mod:`training.eval.baselines_render` writes them.
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from training.eval.baselines_render import build_report
 from training.eval.baselines_run import eval_preset, run_seed
-from training.harness.claims import SanityError
+from training.harness.command import report_folders, run_report_command
 from training.harness.config import check_seeds
-from training.harness.runfolder import output_folder, timestamped
-from training.sim.config import preset
 
 __all__ = ["run_report"]
 
@@ -53,28 +50,19 @@ def run_report(
     """
     cfg = eval_preset(preset_name).with_overrides(dict(budget_overrides or {}))
     if world_overrides:
-        pairs = tuple(sorted((str(k), str(v)) for k, v in world_overrides.items()))
-        preset(cfg.world_preset).with_overrides(dict(pairs))  # bad values fail now
-        cfg = dataclasses.replace(cfg, world_overrides=pairs)
+        cfg = cfg.with_world(world_overrides)
     seeds = check_seeds(seeds)
-    out = Path(out)
-    runs = Path(runs_dir) if runs_dir else out / "runs"
-    data = Path(data_root) if data_root else out / "datasets"
-    stamped = timestamped(log)
+    f = report_folders(out, runs_dir, data_root)
 
-    def has_runs(_: Path) -> bool:
-        return any(runs.glob("seed*/config.json"))
+    def run(log: Callable[[str], None]) -> list[dict[str, Any]]:
+        return [run_seed(cfg, s, f.runs / f"seed{s}", f.data, progress=progress, log=log)
+                for s in seeds]  # fmt: skip
 
-    with output_folder(out, resume=resume, overwrite=overwrite, resumable=has_runs,
-                       what="report folder"):  # fmt: skip
-        t0 = time.perf_counter()
-        summaries = [
-            run_seed(cfg, s, runs / f"seed{s}", data, progress=progress, log=stamped) for s in seeds
-        ]
-        wall = time.perf_counter() - t0
-        path, failed = build_report(summaries, cfg, out, preset_name, wall_seconds=wall,
-                                    runs_dir=runs, command=command)  # fmt: skip
-    stamped(f"report: {path} ({wall:.0f} s)")
-    if failed:
-        raise SanityError(failed, str(path))
-    return path
+    def build(summaries: list[dict[str, Any]], wall: float) -> tuple[Path, list]:
+        return build_report(summaries, cfg, f.out, preset_name, wall_seconds=wall,
+                            runs_dir=f.runs, command=command)  # fmt: skip
+
+    return run_report_command(
+        f.out, run, build, resume=resume, overwrite=overwrite, log=log,
+        resumable=lambda _: any(f.runs.glob("seed*/config.json")),
+    )  # fmt: skip

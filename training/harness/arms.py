@@ -1,5 +1,5 @@
 """Online arms: the reference policies every online test compares against, and trained Q
-policies loaded from DRL-Rec run folders.
+policies loaded from DRL-Rec run folders (:func:`training.bundles.load_drl_run`).
 
 Reference arms (names as the reports print them): ``random`` (uniform), ``logging`` (the
 world's logging policy), ``oracle`` (greedy on the true click probability: myopic) and
@@ -8,12 +8,9 @@ world's logging policy), ``oracle`` (greedy on the true click probability: myopi
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-from training.harness.runfolder import read_json
 
 #: The long-term oracle's reward: click plus a tenth of the satisfaction logit.
 ORACLE_LT_REWARD = {"click": 1.0, "satisfaction": 0.1}
@@ -41,31 +38,12 @@ def reference_arms(
     return {rename.get(n, n): make[n]() for n in names}
 
 
-def drl_config_from(d: Mapping[str, Any]) -> Any:
-    """A :class:`training.drl.train.DRLConfig` from its JSON form (lists back to tuples)."""
-    from training.drl.train import DRLConfig
-
-    known = {f.name for f in dataclasses.fields(DRLConfig)}
-    return DRLConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
-                        if k in known})  # fmt: skip
-
-
-def load_drl(run_dir: str | Path, side: Any, device: str = "cpu") -> Any:
-    """The trainer (teacher, student) of a finished or checkpointed DRL-Rec run folder."""
-    from training.drl.train import DRLTrainer
-
-    run_dir = Path(run_dir)
-    cfg = drl_config_from(read_json(run_dir / "train.json")["config"])
-    tr = DRLTrainer(cfg, side, device=device)
-    tr.load(run_dir / "checkpoint.pt")
-    return tr
-
-
 def q_policy(run_dir: str | Path, which: str, side: Any) -> Any:
     """The greedy Q policy of a DRL-Rec run's ``teacher`` or ``student`` (on the CPU)."""
+    from training.bundles import load_drl_run
     from training.eval.policies import QPolicy
 
     if which not in ("teacher", "student"):
         raise ValueError(f"which={which!r}: teacher or student")
-    model = load_drl(run_dir, side).model
+    _, model, _ = load_drl_run(run_dir)
     return QPolicy(model.teacher if which == "teacher" else model.student, side)

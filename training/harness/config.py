@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from training.sim.config import ConfigError
+from training.sim.config import ConfigError, preset
 
 T = TypeVar("T")
 
@@ -160,6 +160,15 @@ def validate(cfg: Any, where: str, rules: Mapping[str, Rule]) -> None:
         v = getattr(cfg, key)
         if not rule.ok(v):
             raise ConfigError(f"{where} {key}={v!r}: must be {rule.describe()}")
+
+
+def world_pairs(world_preset: str, overrides: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """World ``--set`` overrides as sorted ``(key, value)`` string pairs (a report config's
+    ``world_overrides``), applied once to ``world_preset`` now so that a bad key or value is a
+    :class:`ConfigError` before any work starts."""
+    pairs = tuple(sorted((str(k), str(v)) for k, v in overrides.items()))
+    preset(world_preset).with_overrides(dict(pairs))
+    return pairs
 
 
 def pick(presets: Mapping[str, T], name: str, what: str) -> T:

@@ -8,7 +8,7 @@ every series and a label on every reference line (:func:`reference_line`, :func:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
@@ -51,11 +51,22 @@ def pm(ms: Sequence[float] | None, d: int = 4) -> str:
     return f"{num(ms[0], d)} ± {num(ms[1], d)}"
 
 
-def ci(p: Mapping[str, float] | None, d: int = 4, as_pct: bool = False) -> str:
-    """``point [low, high]`` of a dict with ``mean``, ``low``, ``high``."""
+def ci(
+    p: Mapping[str, float] | None,
+    d: int = 4,
+    as_pct: bool = False,
+    *,
+    sign: bool = True,
+    fmt: Callable[[float | None], str] | None = None,
+) -> str:
+    """``point [low, high]`` of a dict with ``mean``, ``low``, ``high``: ``d`` decimals, signed
+    (unless not ``sign``) or as a percentage (``as_pct``), or each number through ``fmt``; just
+    the point when the interval is missing."""
     if not p:
         return "n/a"
-    f = (lambda x: pct(x, d)) if as_pct else (lambda x: signed(x, d))
+    if fmt is None:
+        fmt = (lambda x: pct(x, d)) if as_pct else (lambda x: (signed if sign else num)(x, d))
+    f = fmt
     if missing(p.get("low")) or missing(p.get("high")):
         return f(p["mean"])
     return f"{f(p['mean'])} [{f(p['low'])}, {f(p['high'])}]"

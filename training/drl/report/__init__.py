@@ -50,7 +50,6 @@ hand-written findings about claims that did not reproduce (the builder never ove
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,9 +74,9 @@ from training.drl.report.plan import (
 )
 from training.drl.report.render import build_report
 from training.drl.report.runs import run_seed, same_config, train_prefix
-from training.harness.claims import SanityError, direction_status, ratio_status
+from training.harness.claims import direction_status, ratio_status
+from training.harness.command import report_folders, run_report_command
 from training.harness.config import check_device, check_seeds
-from training.harness.runfolder import output_folder, timestamped
 from training.harness.stats import pooled, relaimpr_columns
 from training.sim.config import ConfigError
 
@@ -150,27 +149,22 @@ def run_drl_report(
     if bad:
         raise ConfigError(f"--only: unknown names {bad} (runs and groups: {sorted(known)})")
     check_device(cfg.device)
-    out = Path(out)
-    root = (Path(runs_dir) if runs_dir else out / "runs") / preset_name
-    data = Path(data_root) if data_root else out / "datasets"
-    stamped = timestamped(log)
+    f = report_folders(out, runs_dir, data_root)
+    root = f.runs / preset_name
 
-    def has_runs(_: Path) -> bool:
-        return any(root.glob("seed*/*/train.json"))
-
-    with output_folder(out, resume=resume, overwrite=overwrite, keep=("analysis.md",),
-                       resumable=has_runs, what="report folder"):  # fmt: skip
+    def run(log: Callable[[str], None]) -> None:
         torch.set_num_threads(cfg.threads)
-        t0 = time.perf_counter()
         for s in seeds:
-            run_seed(cfg, s, plan[s], root / f"seed{s}", data, only=only, progress=progress,
-                     log=stamped)  # fmt: skip
+            run_seed(cfg, s, plan[s], root / f"seed{s}", f.data, only=only, progress=progress,
+                     log=log)  # fmt: skip
         if selected(only, "cost"):
-            run_cost(cfg, root / f"seed{seeds[0]}" / "drl", root / "cost.json", stamped)
-        wall = time.perf_counter() - t0
-        path, failed = build_report(cfg, seeds, root, out, preset_name, wall_seconds=wall,
-                                    command=command)  # fmt: skip
-    stamped(f"report: {path} ({wall:.0f} s)")
-    if failed:
-        raise SanityError(failed, str(path))
-    return path
+            run_cost(cfg, root / f"seed{seeds[0]}" / "drl", root / "cost.json", log)
+
+    def build(_: None, wall: float) -> tuple[Path, list]:
+        return build_report(cfg, seeds, root, f.out, preset_name, wall_seconds=wall,
+                            command=command)  # fmt: skip
+
+    return run_report_command(
+        f.out, run, build, resume=resume, overwrite=overwrite, log=log, keep=("analysis.md",),
+        resumable=lambda _: any(root.glob("seed*/*/train.json")),
+    )  # fmt: skip

@@ -116,7 +116,7 @@ def variants_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: Repo
             w("| arm | ACN | vs logging |")
             w("|---|---:|---:|")
             for a, r in t["acn"].items():
-                w(f"| {a} | {ci(r, 3).replace('+', '')} | {ci(t['vs_logging'][a], 2, True)} |")
+                w(f"| {a} | {ci(r, 3, sign=False)} | {ci(t['vs_logging'][a], 2, True)} |")
             w("")
 
 
@@ -181,7 +181,7 @@ def control_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: Repor
     w("| arm (long-term-off world) | ACN |")
     w("|---|---:|")
     for arm, r in ctl["acn"].items():
-        w(f"| {arm} | {ci(r, 3).replace('+', '')} |")
+        w(f"| {arm} | {ci(r, 3, sign=False)} |")
     w("")
     gamma = cfg.drl_config(0).gamma
     k = world_config(cfg, agg["seeds"][0], "base").list_size

@@ -18,7 +18,7 @@ import torch
 from training.data.features import Requests
 from training.drl.report.aggregate import online_row
 from training.drl.report.plan import ReportConfig, world_config
-from training.harness.arms import drl_config_from, q_policy, reference_arms
+from training.harness.arms import q_policy, reference_arms
 from training.harness.data import online_population, split_days
 from training.harness.render import pct
 from training.harness.runfolder import cached, read_json, write_json
@@ -195,15 +195,11 @@ def run_cost(
 
 
 def _measure_cost(cfg: ReportConfig, run_dir: Path, log: Callable[[str], None]) -> dict:
-    mod = _load_cost_module()
-    info = read_json(run_dir / "train.json")
-    dcfg = drl_config_from(info["config"])
-    ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    from training.drl.train import DRLRec
+    from training.bundles import load_drl_run
 
-    model = DRLRec(dcfg)
-    model.load_state_dict(ck["model"])
-    nets = {"teacher": model.teacher.eval(), "student": model.student.eval()}
+    mod = _load_cost_module()
+    _, model, _ = load_drl_run(run_dir)
+    nets = {"teacher": model.teacher, "student": model.student}
     res: dict[str, Any] = {}
     t0 = time.perf_counter()
     for r in range(cfg.cost_rounds):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from training.drl.train import DRLConfig
-from training.harness.config import apply_overrides, pick
+from training.harness.config import apply_overrides, pick, world_pairs
 from training.sim.config import ConfigError, WorldConfig, long_term_off, preset
 
 # --------------------------------------------------------------------------------------------
@@ -188,9 +188,7 @@ class ReportConfig:
 
     def with_world(self, overrides: Mapping[str, str]) -> ReportConfig:
         """A copy whose worlds take ``overrides`` (``--set`` of the command), checked now."""
-        pairs = tuple(sorted((str(k), str(v)) for k, v in overrides.items()))
-        preset(self.world_preset).with_overrides(dict(pairs))
-        return dataclasses.replace(self, world_overrides=pairs)
+        return dataclasses.replace(self, world_overrides=world_pairs(self.world_preset, overrides))
 
 
 REPORT_PRESETS: dict[str, ReportConfig] = {

@@ -389,7 +389,7 @@ def _table3_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: Repor
         w("|---|---:|---:|---:|---:|---:|")
         for arm, r in on["arms"].items():
             w(
-                f"| {arm} | {ci(r['acn'], 3).replace('+', '')} | {ci(r['vs_teacher'], 2, True)} "
+                f"| {arm} | {ci(r['acn'], 3, sign=False)} | {ci(r['vs_teacher'], 2, True)} "
                 f"| {ci(r['vs_logging'], 2, True)} | {pm(r['clicks_per_session'], 2)} | "
                 f"{pm(r['depth_per_session'], 2)} |"
             )

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from contract.features import DEFAULT_SPEC
 from training.data.features import Requests, SideTables, build_requests
 from training.data.pipeline import Dataset, iter_session_batches
 from training.drl.report.measures import ceiling, online_test, slate_truth
@@ -89,7 +88,7 @@ class SeedData:
             path = dataset_dir(self.data_root, self.cfg.world_preset,
                                variant_overrides(self.cfg, variant), self.seed)  # fmt: skip
             ds, gen = ensure_dataset(path, wcfg, self.cfg.world_preset, self.progress, self.log)
-            side = SideTables.from_tables(ds.users(), ds.items())
+            side = SideTables.from_tables(ds.users(), ds.items(), ds.spec)
             self._data[variant] = (ds, side, gen)
         return self._data[variant]
 
@@ -141,14 +140,6 @@ def _finished(run_dir: Path, want: Any) -> dict[str, Any] | None:
     return info
 
 
-def _drl_nets(run_dir: Path, cfg: Any, side: SideTables, device: str) -> Any:
-    from training.drl.train import DRLTrainer
-
-    tr = DRLTrainer(cfg, side, device=device)
-    tr.load(run_dir / "checkpoint.pt")
-    return tr
-
-
 def _record_eval(
     ctx: SeedData,
     spec: RunSpec,
@@ -173,52 +164,61 @@ def _record_eval(
     return info["eval"]
 
 
-def _run_drl(ctx: SeedData, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
-    from training.drl.train import impression_q, run
-
-    cfg = ctx.cfg.drl_config(ctx.seed, **dict(spec.drl))
+def _run_rl(
+    ctx: SeedData,
+    spec: RunSpec,
+    run_dir: Path,
+    cfg: Any,
+    train: Callable[..., Any],
+    score: Callable[[Path, SideTables, Requests], dict[str, np.ndarray]],
+) -> dict[str, Any]:
+    """A DRL-Rec or HRL-Rec run: trained by ``train`` (:func:`training.drl.train.run` or
+    :func:`training.drl.hrl.run_hrl`) unless finished, then evaluated on the test sample
+    (``score(run_dir, side, req)``: each network's score per impression, by name)."""
     info = _finished(run_dir, cfg)
     if info is not None and info.get("eval_sample") == ctx.eval_key:
         return {**info, "skipped": True}
     ds, side, _ = ctx.dataset(spec.world)
     if info is None:
         ctx.log(f"{spec.name}: train ({cfg.max_instances:,} instances)")
-        run(ds.root, run_dir, cfg, device=ctx.cfg.device, resume=True, progress=ctx.progress,
-            eval_split=None)  # fmt: skip
+        train(ds.root, run_dir, cfg, device=ctx.cfg.device, resume=True, progress=ctx.progress,
+              eval_split=None)  # fmt: skip
         info = read_json(run_dir / "train.json")
     req = ctx.test(spec.world)
     t0 = time.perf_counter()
-    tr = _drl_nets(run_dir, cfg, side, ctx.cfg.device)
-    scores = {"teacher": impression_q(tr.model.teacher, req, cfg.memory),
-              "student": impression_q(tr.model.student, req, cfg.memory)}  # fmt: skip
-    e = _record_eval(ctx, spec, run_dir, info, req, scores, t0)
-    ctx.log(f"{spec.name}: AUC teacher {e['auc_teacher']:.4f} student {e['auc_student']:.4f} "
-            f"(train {info['seconds']:.0f} s, eval {info['eval_seconds']:.0f} s)")  # fmt: skip
+    e = _record_eval(ctx, spec, run_dir, info, req, score(run_dir, side, req), t0)
+    aucs = " ".join(f"{k[4:]} {v:.4f}" for k, v in e.items() if k.startswith("auc_"))
+    ctx.log(f"{spec.name}: AUC {aucs} (train {info['seconds']:.0f} s, "
+            f"eval {info['eval_seconds']:.0f} s)")  # fmt: skip
     return {**info, "skipped": False}
+
+
+def _run_drl(ctx: SeedData, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+    from training.bundles import load_drl_run
+    from training.drl.train import impression_q, run
+
+    cfg = ctx.cfg.drl_config(ctx.seed, **dict(spec.drl))
+
+    def score(run_dir: Path, side: SideTables, req: Requests) -> dict[str, np.ndarray]:
+        _, model, _ = load_drl_run(run_dir)
+        return {who: impression_q(getattr(model, who), req, cfg.memory)
+                for who in ("teacher", "student")}  # fmt: skip
+
+    return _run_rl(ctx, spec, run_dir, cfg, run, score)
 
 
 def _run_hrl(ctx: SeedData, spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     from training.drl.hrl import HRLTrainer, impression_scores, run_hrl
 
     cfg = ctx.cfg.hrl_config(ctx.seed)
-    info = _finished(run_dir, cfg)
-    if info is not None and info.get("eval_sample") == ctx.eval_key:
-        return {**info, "skipped": True}
-    ds, side, _ = ctx.dataset(spec.world)
-    if info is None:
-        ctx.log(f"{spec.name}: train ({cfg.max_instances:,} instances)")
-        run_hrl(ds.root, run_dir, cfg, device=ctx.cfg.device, resume=True,
-                progress=ctx.progress, eval_split=None)  # fmt: skip
-        info = read_json(run_dir / "train.json")
-    req = ctx.test(spec.world)
-    t0 = time.perf_counter()
-    tr = HRLTrainer(cfg, side, device=ctx.cfg.device)
-    tr.load(run_dir / "checkpoint.pt")
-    actor, critic = impression_scores(tr.net, req, cfg.memory)
-    e = _record_eval(ctx, spec, run_dir, info, req, {"actor": actor, "critic": critic}, t0)
-    ctx.log(f"{spec.name}: AUC actor {e['auc_actor']:.4f} critic {e['auc_critic']:.4f} "
-            f"(train {info['seconds']:.0f} s)")  # fmt: skip
-    return {**info, "skipped": False}
+
+    def score(run_dir: Path, side: SideTables, req: Requests) -> dict[str, np.ndarray]:
+        tr = HRLTrainer(cfg, side, device=ctx.cfg.device)
+        tr.load(run_dir / "checkpoint.pt")
+        actor, critic = impression_scores(tr.net, req, cfg.memory)
+        return {"actor": actor, "critic": critic}
+
+    return _run_rl(ctx, spec, run_dir, cfg, run_hrl, score)
 
 
 def _pointwise_config(ctx: SeedData, arch: str) -> dict[str, Any]:
@@ -242,7 +242,7 @@ def _run_pointwise(ctx: SeedData, spec: RunSpec, run_dir: Path, cache: dict[str,
                                       ctx.seed)  # fmt: skip
     x, y = cache["train"]
     run_dir.mkdir(parents=True, exist_ok=True)
-    model = seeded_build_model(spec.arch, DEFAULT_SPEC.sizes(), seed=ctx.seed,
+    model = seeded_build_model(spec.arch, side.spec.sizes(), seed=ctx.seed,
                                embed_dim=want["embed_dim"])  # fmt: skip
     res = train_pointwise(model, x, y, epochs=1, batch_size=want["batch_size"], lr=want["lr"],
                           seed=ctx.seed, device=ctx.cfg.device, progress=ctx.progress)  # fmt: skip
