@@ -775,8 +775,9 @@ def arrange(log: pd.DataFrame, m: Mapping) -> pd.DataFrame:
 def log_rows(log: pd.DataFrame, aspects: list[str], model_version: str) -> pa.Table:
     """Impression-log rows of arranged requests (:func:`arrange`) through the contract's row
     builder :func:`contract.schema.log_table`, one call per (arm, request length); positions
-    are then set to the logged ones (``log_table`` numbers shown slots ``0..k-1``), and each
-    row keeps its own timestamp. Aspects not in ``aspects`` are left null."""
+    are then set to the logged ones (``log_table`` numbers shown slots ``0..k-1``). Every row
+    of a request has the request's timestamp (its earliest row's). Aspects not in ``aspects``
+    are left null."""
     n = len(log)
     if n == 0:
         return LOG_SCHEMA.empty_table()
@@ -804,10 +805,9 @@ def log_rows(log: pd.DataFrame, aspects: list[str], model_version: str) -> pa.Ta
             pieces.append(log_table(cols, str(a), model_version))
             order.append(at.ravel())
     table = pa.concat_tables(pieces).take(np.argsort(np.concatenate(order)))
-    for name, values in (("position", log["pos"].to_numpy().astype(np.int16)),
-                         ("timestamp", log["t_ms"].to_numpy().astype(np.int64))):  # fmt: skip
-        i = LOG_SCHEMA.get_field_index(name)
-        table = table.set_column(i, LOG_SCHEMA.field(i), pa.array(values, LOG_SCHEMA.field(i).type))
+    i = LOG_SCHEMA.get_field_index("position")
+    pos = pa.array(log["pos"].to_numpy().astype(np.int16), pa.int16())
+    table = table.set_column(i, LOG_SCHEMA.field(i), pos)
     return table
 
 
