@@ -4,7 +4,7 @@
     ranker simulate --preset default --set n_days=14 --out data/default
     ranker kuairand --logs 'path/log_*.csv' --users U.csv --videos V.csv --out data/kr
     ranker import --mapping examples/bandit_log/mapping.toml --out data/bandit   # any layout
-    ranker validate data/tiny                            # check a dataset or shard files
+    ranker validate data/tiny                            # check a whole dataset, or shards
     ranker info data/tiny                                # what a dataset holds
 
 Errors in what the user passed (bad config values, malformed logs, existing outputs) end
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from contract.bundle import BundleError
 from contract.schema import LogValidationError, validate_log_file
+from training.data import validate
 from training.data.pipeline import Dataset, DatasetError
 from training.sim.config import ConfigError, parse_overrides, preset
 
@@ -91,7 +92,7 @@ def _cmd_drl_train(args: argparse.Namespace) -> int:
 
     cfg = apply_overrides(DRLConfig(), parse_overrides(args.set or []), "drl config", DRL_RULES)
     device = check_device(args.device)
-    Dataset.open(args.data)  # a missing or broken dataset fails before anything is written
+    validate.check_dataset(args.data)  # a bad dataset fails before anything is written
     out = Path(args.out)
     want = jsonable(dataclasses.asdict(cfg))
     done = out / "train.json"
@@ -137,14 +138,32 @@ def _cmd_drl_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    total = 0
+    if not 0.0 <= args.max_missing_share <= 1.0:
+        raise ConfigError(f"--max-missing-share {args.max_missing_share} must be in [0, 1]")
+    failed = False
+    total = files = 0
     for p in args.paths:
         path = Path(p)
-        files = Dataset.open(path).paths() if path.is_dir() else [path]
-        for f in files:
-            total += validate_log_file(f)
-    print(f"ok: {total:,} rows valid")
-    return 0
+        if path.is_dir():  # a dataset folder: the whole-dataset check
+            report = validate.validate_dataset(path, max_missing_share=args.max_missing_share)
+            problems = [str(x) for x in report.problems]
+            if report.n_problems > len(problems):
+                problems.append(f"... and {report.n_problems - len(problems)} more problems")
+            if not problems:
+                print(f"ok: {report.summary()}")
+        else:  # a shard file: the per-table contract
+            try:
+                total += validate_log_file(path)
+                files += 1
+                problems = []
+            except LogValidationError as e:
+                problems = [str(x) for x in e.problems] or [str(e)]
+        for line in problems:
+            print(f"ranker validate: error: {line}", file=sys.stderr)
+        failed = failed or bool(problems)
+    if files and not failed:
+        print(f"ok: {total:,} rows valid in {files} files")
+    return 2 if failed else 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -326,8 +345,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     _COMMANDS["drl-train"] = _cmd_drl_train
 
-    v = sub.add_parser("validate", help="check log shards (or a dataset folder) against the schema")
-    v.add_argument("paths", nargs="+", help="Parquet log files, or dataset folders (dataset.json)")
+    v = sub.add_parser(
+        "validate",
+        help="check a whole dataset folder (what every trainer checks at start), or log shards "
+        "against the schema; one line per problem, exit 2",
+    )
+    v.add_argument("paths", nargs="+", help="dataset folders (dataset.json), or Parquet log files")
+    v.add_argument(
+        "--max-missing-share", type=float, default=validate.DEFAULT_MAX_MISSING_SHARE,
+        help="largest share of log rows whose user or item id may be missing from the side "
+        f"tables (default: {validate.DEFAULT_MAX_MISSING_SHARE})",
+    )  # fmt: skip
     _COMMANDS["validate"] = _cmd_validate
 
     i = sub.add_parser("info", help="summarise a dataset folder")

@@ -48,6 +48,7 @@ from torch import nn
 from contract.features import DEFAULT_SPEC
 from training.data.features import Requests, SideTables, build_requests, candidate_ids
 from training.data.pipeline import Dataset, DatasetError
+from training.data.validate import check_dataset
 from training.drl.batches import history, make_batch
 from training.drl.networks import QNetConfig, push
 from training.drl.train import Checkpointed, soft_update, stream_rng, train
@@ -751,7 +752,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # everything the user passed is checked before any work starts
         cfg = build_config(args.variant, args.set)
         device = check_device(args.device)
-        Dataset.open(args.data)
+        check_dataset(args.data)  # the whole dataset, as every trainer checks it at start
         if (Path(args.out) / "checkpoint.pt").exists() and not args.resume:
             raise ConfigError(f"{args.out} holds a run; pass --resume or choose another --out")
     except (ConfigError, DatasetError) as e:
