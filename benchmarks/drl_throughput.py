@@ -72,7 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ds = Dataset.open(args.data)
-    side = SideTables.from_tables(ds.users(), ds.items())
+    side = SideTables.from_tables(ds.users(), ds.items(), ds.spec)
     res: dict = {
         "data": str(args.data),
         "device": args.device,

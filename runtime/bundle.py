@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from contract.bundle import (
@@ -30,7 +31,13 @@ from contract.bundle import (
     TensorSpec,
     read_manifest,
 )
-from contract.features import FeatureSpec, ListFieldEncoder, field_ids, group_ids
+from contract.features import (
+    FeatureSpec,
+    ListFieldEncoder,
+    field_ids,
+    group_ids,
+    side_table_columns,
+)
 from contract.schema import ITEM_TABLE_SCHEMA, USER_TABLE_SCHEMA, check_columns
 
 __all__ = ["Bundle", "LoadedModel", "SideTables", "load_bundle", "session_options"]
@@ -82,15 +89,25 @@ class SideTables:
 
     @classmethod
     def read(cls, spec: FeatureSpec, users_path: Path, items_path: Path) -> SideTables:
-        """Raises BundleError naming the file and column when a table breaks the contract."""
+        """Raises BundleError naming the file and column when a table breaks the contract.
+
+        The tables need the columns :func:`contract.features.side_table_columns` names for
+        ``spec``; those the contract's schemas also name (ids, tag, author, the default
+        fields' columns) must have the contract's types, a declared field's column may have
+        any type its kind reads."""
         users, items = pq.read_table(users_path), pq.read_table(items_path)
+        user_cols, item_cols = side_table_columns(spec)
         try:
-            check_columns(users.schema, USER_TABLE_SCHEMA, str(users_path))
-            check_columns(items.schema, ITEM_TABLE_SCHEMA, str(items_path))
+            for table, cols, contract, path in (
+                (users, user_cols, USER_TABLE_SCHEMA, users_path),
+                (items, item_cols, ITEM_TABLE_SCHEMA, items_path),
+            ):
+                typed = pa.schema([contract.field(c) for c in cols if c in contract.names])
+                check_columns(table.schema, typed, str(path))
         except ValueError as e:
             raise BundleError(str(e)) from None
-        u = {n: users.column(n).to_numpy() for n in users.column_names}
-        i = {n: items.column(n).to_numpy() for n in items.column_names}
+        u = {n: users.column(n).to_numpy(zero_copy_only=False) for n in users.column_names}
+        i = {n: items.column(n).to_numpy(zero_copy_only=False) for n in items.column_names}
         for path, cols, group in ((users_path, u, "user"), (items_path, i, "item")):
             need = [f.source for f in spec.group(group) if f.source not in cols]  # type: ignore[arg-type]
             if need:

@@ -6,6 +6,8 @@ writes them or :func:`train_weighted_wide_deep` below) and writes one bundle wit
 servable models: ``drl_student``, ``drl_teacher`` and ``wide_deep_weighted`` (the non-RL
 baseline arm), and, given an MMRF run folder (``python -m training.mmrf.train``), a fourth:
 ``mmrf_watchtime``, the main agent's actor (kind ``actor``) with the run's reward scale.
+Every model is sized by the feature spec it was trained with (recorded in its checkpoint or
+info JSON), and the bundle carries that spec: the runs' and the dataset's must agree.
 :func:`build_default_bundle` is the one documented command behind
 ``models/default``: the default world, DRL-Rec at a fixed budget, the weighted Wide&Deep,
 export; each stage is skipped when its finished output is already there, and every stage is
@@ -26,13 +28,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from contract.features import DEFAULT_SPEC
+from contract.features import DEFAULT_SPEC, FeatureSpec
 from contract.schema import FEEDBACK
 from training.baselines.pointwise import WideDeep, predict, seeded_build_model, train_pointwise
 from training.data.features import SideTables, build_requests
 from training.data.pipeline import Dataset
 from training.drl.networks import flops_per_request
-from training.drl.train import DRLConfig, DRLRec
+from training.drl.train import DRLConfig, DRLRec, checkpoint_spec
 from training.export import ExportModel, actor_export, pointwise_export, q_export, real_batch
 from training.export import export_bundle as _export_bundle
 from training.mmrf.networks import MultiAgentActorCritic
@@ -48,6 +50,7 @@ __all__ = [
     "load_wide_deep",
     "mmrf_export",
     "train_weighted_wide_deep",
+    "wide_deep_spec",
 ]
 
 
@@ -64,14 +67,16 @@ def _finished_run(run: Path, kind: str) -> tuple[dict[str, Any], dict[str, Any]]
 def load_drl_run(run: str | Path) -> tuple[DRLConfig, DRLRec, dict[str, Any]]:
     """The config, trained teacher + student and summary of a ``ranker drl-train`` folder.
 
-    Raises FileNotFoundError when the folder has no finished run (``checkpoint.pt`` and
+    The networks are sized by the feature spec the run was trained with (the checkpoint's,
+    ``DEFAULT_SPEC`` for a run from before specs were saved): ``model.spec``. Raises
+    FileNotFoundError when the folder has no finished run (``checkpoint.pt`` and
     ``train.json``)."""
     sd, summary = _finished_run(Path(run), "drl-train")
     cfg_d = dict(sd["cfg"])
     cfg_d["mlp"] = tuple(cfg_d["mlp"])
     cfg_d["loss_weights"] = tuple(cfg_d["loss_weights"])
     cfg = DRLConfig(**cfg_d)
-    model = DRLRec(cfg)
+    model = DRLRec(cfg, checkpoint_spec(sd))
     model.load_state_dict(sd["model"])
     return cfg, model.eval(), summary
 
@@ -82,7 +87,8 @@ MMRF_MODEL = "mmrf_watchtime"
 
 def load_mmrf_run(run: str | Path) -> tuple[MMRFConfig, MultiAgentActorCritic, dict[str, Any]]:
     """The config, trained agents (eval mode, on the CPU) and summary of an MMRF run folder
-    (``python -m training.mmrf.train``); the summary's ``reward_scale`` is the checkpoint's.
+    (``python -m training.mmrf.train``); the summary's ``reward_scale`` and ``feature_spec``
+    (the spec that sized the networks) are the checkpoint's.
 
     Raises FileNotFoundError when the folder has no finished run (``checkpoint.pt`` and
     ``train.json``)."""
@@ -90,26 +96,48 @@ def load_mmrf_run(run: str | Path) -> tuple[MMRFConfig, MultiAgentActorCritic, d
     cfg_d: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
                              for k, v in sd["cfg"].items()}  # fmt: skip
     cfg = MMRFConfig(**cfg_d)
-    net = MultiAgentActorCritic(cfg.net())
+    spec = checkpoint_spec(sd)
+    net = MultiAgentActorCritic(cfg.net(spec))
     net.load_state_dict(sd["net"])
     summary["reward_scale"] = dict(sd["reward_scale"])
+    summary["feature_spec"] = spec.to_dict()
     return cfg, net.eval(), summary
 
 
 def load_wide_deep(path: str | Path) -> tuple[WideDeep, dict[str, Any]]:
     """A Wide&Deep state dict (``.pt``) and its info JSON (same stem), as the baselines report
-    writes them. Raises FileNotFoundError naming the missing file."""
+    writes them, sized by the info's ``feature_spec`` (``DEFAULT_SPEC`` for one written before
+    specs were saved; :func:`wide_deep_spec`). Raises FileNotFoundError naming the missing
+    file."""
     path = Path(path)
     info_path = path.with_suffix(".json")
     for f in (path, info_path):
         if not f.is_file():
             raise FileNotFoundError(f"{f}: missing (a Wide&Deep .pt and its .json)")
     info = json.loads(info_path.read_text())
-    model = seeded_build_model("wide_deep", DEFAULT_SPEC.sizes(), seed=0,
+    model = seeded_build_model("wide_deep", wide_deep_spec(info).sizes(), seed=0,
                                embed_dim=int(info.get("embed_dim", 16)))  # fmt: skip
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     assert isinstance(model, WideDeep)
     return model.eval(), info
+
+
+def wide_deep_spec(info: dict[str, Any]) -> FeatureSpec:
+    """The feature spec a Wide&Deep's info JSON records (``DEFAULT_SPEC`` without one)."""
+    d = info.get("feature_spec")
+    return DEFAULT_SPEC if d is None else FeatureSpec.from_dict(d)
+
+
+def _same_spec(a: FeatureSpec, b: FeatureSpec, what_a: str, what_b: str) -> None:
+    """Raise ValueError naming both sides when two feature specs differ."""
+    if a != b:
+        diff = sorted(set(a.names()) ^ set(b.names())) or [
+            f.name for f, g in zip(a.fields, b.fields, strict=False) if f != g
+        ]
+        raise ValueError(
+            f"{what_a} was trained with another feature spec than {what_b} "
+            f"({a.n_fields} and {b.n_fields} fields; they differ in {diff[:5]})"
+        )
 
 
 def _weighted_xyw(ds: Dataset, side: SideTables, split: str, n: int, seed: int):
@@ -138,10 +166,10 @@ def train_weighted_wide_deep(
 
     out = Path(out)
     ds = Dataset.open(data)
-    side = SideTables.from_tables(ds.users(), ds.items())
+    side = SideTables.from_tables(ds.users(), ds.items(), ds.spec)
     x, y, w, _ = _weighted_xyw(ds, side, "train", train_impressions, seed)
     xv, yv, wv, _ = _weighted_xyw(ds, side, "valid", valid_impressions, seed)
-    model = seeded_build_model("wide_deep", DEFAULT_SPEC.sizes(), seed=seed)
+    model = seeded_build_model("wide_deep", ds.spec.sizes(), seed=seed)
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     history = []
     for epoch in range(max_epochs):
@@ -169,6 +197,7 @@ def train_weighted_wide_deep(
         "history": history,
         "offline": {"auc": float(auc(yt, predict(model.eval(), xt))), "n_test": int(len(yt))},
         "seed": seed,
+        "feature_spec": ds.spec.to_dict(),
     }
     out.with_suffix(".json").write_text(json.dumps(info, indent=2))
     return info
@@ -187,11 +216,15 @@ def export_runs(
 ) -> dict[str, Any]:
     """Export a DRL-Rec run's student and teacher, (optionally) a weighted Wide&Deep and
     (optionally) an MMRF run's WatchTime actor as :data:`MMRF_MODEL` into the bundle ``out``,
-    verified on real requests of ``data``'s test split. Returns the manifest. Raises
-    FileExistsError, FileNotFoundError or ParityError (nothing written)."""
+    verified on real requests of ``data``'s test split. The bundle carries the runs' feature
+    spec (and ``data``'s side tables, featurised by it at load). Returns the manifest. Raises
+    FileExistsError, FileNotFoundError, ParityError, or ValueError when a run was trained
+    with another feature spec than ``data``'s (nothing written)."""
     cfg, model, summary = load_drl_run(drl_run)
     ds = Dataset.open(data)
-    side = SideTables.from_tables(ds.users(), ds.items())
+    spec = model.spec
+    _same_spec(spec, ds.spec, f"the DRL-Rec run {drl_run}", f"the dataset {data}")
+    side = SideTables.from_tables(ds.users(), ds.items(), spec)
     test = ds.read("test")
     first = pa.array(np.unique(test.column("session_id").to_numpy())[:200])
     req = build_requests(test.filter(pc.is_in(test.column("session_id"), value_set=first)), side)
@@ -201,37 +234,43 @@ def export_runs(
                            "steps": summary.get("steps"),
                            "instances": summary.get("instances")}}  # fmt: skip
     models = [
-        q_export("drl_student", model.student, DEFAULT_SPEC, **common,
+        q_export("drl_student", model.student, spec, **common,
                  metrics={"auc_test": ev.get("auc_student")},
                  flops_per_request=flops_per_request(cfg.student_net())),
-        q_export("drl_teacher", model.teacher, DEFAULT_SPEC, **common,
+        q_export("drl_teacher", model.teacher, spec, **common,
                  metrics={"auc_test": ev.get("auc_teacher")},
                  flops_per_request=flops_per_request(cfg.teacher_net())),
     ]  # fmt: skip
     if baseline is not None:
         wd, info = load_wide_deep(baseline)
+        _same_spec(wide_deep_spec(info), spec, f"the Wide&Deep {baseline}", f"the dataset {data}")
         models.append(pointwise_export(
-            "wide_deep_weighted", wd, DEFAULT_SPEC,
-            training={"file": str(baseline), **{k: v for k, v in info.items() if k != "offline"}},
+            "wide_deep_weighted", wd, spec,
+            training={"file": str(baseline),
+                      **{k: v for k, v in info.items() if k not in ("offline", "feature_spec")}},
             metrics={"auc_test": info.get("offline", {}).get("auc")},
         ))  # fmt: skip
     if mmrf is not None:
-        models.append(mmrf_export(mmrf))
+        models.append(mmrf_export(mmrf, spec))
     dataset = {"path": str(data), "code_version": ds.meta.get("code_version"),
                "preset": ds.meta.get("preset"), "counts": ds.meta.get("counts"),
                "split": {k: len(v) for k, v in ds.meta.get("split", {}).items()}}  # fmt: skip
-    return _export_bundle(out, models, DEFAULT_SPEC, ds.users(), ds.items(), name=name,
+    return _export_bundle(out, models, spec, ds.users(), ds.items(), name=name,
                           dataset=dataset, real=real, overwrite=overwrite)  # fmt: skip
 
 
-def mmrf_export(run: str | Path) -> ExportModel:
+def mmrf_export(run: str | Path, spec: FeatureSpec | None = None) -> ExportModel:
     """An MMRF run folder's main actor as the bundle model :data:`MMRF_MODEL` (kind
     ``actor``): the run's reward scale in its manifest entry, the config and step counts as
-    its training record, the main agent's offline figures of ``train.json`` as its metrics."""
+    its training record, the main agent's offline figures of ``train.json`` as its metrics.
+    Raises ValueError when ``spec`` (the bundle's) is given and the run's differs."""
     cfg, net, summary = load_mmrf_run(run)
+    run_spec = FeatureSpec.from_dict(summary["feature_spec"])
+    if spec is not None:
+        _same_spec(run_spec, spec, f"the MMRF run {run}", "the DRL-Rec run")
     ev = summary.get("eval", {})
     return actor_export(
-        MMRF_MODEL, net, DEFAULT_SPEC, summary["reward_scale"],
+        MMRF_MODEL, net, run_spec, summary["reward_scale"],
         training={"run": str(run), "method": "mmrf", "config": asdict(cfg),
                   "steps": summary.get("steps"), "instances": summary.get("instances"),
                   "agent": "watch_time (main)"},

@@ -57,7 +57,12 @@ from contract.bundle import (
     parse_manifest,
     sha256_file,
 )
-from contract.features import REQUEST_LIST_SOURCES, SLOT_LIST_SOURCES, FeatureSpec
+from contract.features import (
+    REQUEST_LIST_SOURCES,
+    SLOT_LIST_SOURCES,
+    FeatureSpec,
+    side_table_columns,
+)
 from training.baselines.pointwise import WideDeep
 from training.data.features import Requests
 from training.data.pipeline import code_version
@@ -851,8 +856,14 @@ def _write_bundle(tmp: Path, models: list[ExportModel], spec: FeatureSpec, users
         }
         if m.reward_scale is not None:
             entries[m.name]["reward_scale"] = m.reward_scale
-    tables = {"users": _table_file(users, tmp / "users.parquet"),
-              "items": _table_file(items, tmp / "items.parquet")}  # fmt: skip
+    user_cols, item_cols = side_table_columns(spec)
+    for table, cols, what in ((users, user_cols, "users"), (items, item_cols, "items")):
+        missing = [c for c in cols if c not in table.column_names]
+        if missing:
+            raise BundleError(f"the {what} table lacks columns {missing} read by the spec")
+    tables = {"users": _table_file(users.select(list(user_cols)), tmp / "users.parquet"),
+              "items": _table_file(items.select(list(item_cols)),
+                                   tmp / "items.parquet")}  # fmt: skip
     stateful = [entries[n]["model_version"] for n in sorted(entries)
                 if "step" in entries[n]["graphs"]]  # fmt: skip
     state_schema = hashlib.sha256(

@@ -7,14 +7,18 @@ module only arranges them for batches. From a table of whole sessions (as
 - per request: user and context ids, the candidate columns (shown items first, in slot order,
   then the non-impressions), their item ids, tags and authors, the feedback and propensities of
   the shown slots, and the session counters before the request (depth, clicks, the tags of the
-  last ``RECENT_WINDOW`` impressions);
-- per impression (the flat sequence ``g`` in session order): its 22 field ids, the ids a
-  point-wise model and the DRL-Rec encoder read.
+  last ``spec.recent_window`` impressions);
+- per impression (the flat sequence ``g`` in session order): its ``n`` field ids (22 in
+  ``DEFAULT_SPEC``), the ids a point-wise model and the DRL-Rec encoder read.
 
-:func:`candidate_ids` gives the 12 item + list ids of any items (logged candidates or
-catalogue items) as if placed at slot ``t`` of request ``r``: the list fields depend on the
-slot and on what the earlier slots hold, exactly as the service computes them while it builds
-a list position by position.
+:func:`candidate_ids` gives the item + list ids (``n_item + n_list``: 12 in ``DEFAULT_SPEC``)
+of any items (logged candidates or catalogue items) as if placed at slot ``t`` of request
+``r``: the list fields depend on the slot and on what the earlier slots hold, exactly as the
+service computes them while it builds a list position by position.
+
+Every shape follows the feature spec of the :class:`SideTables` (the dataset's spec, see
+``Dataset.spec``): a spec may declare extra user and item fields; its context and list fields
+must be ones the featurisation computes (:func:`contract.features.check_standard_layout`).
 """
 
 from __future__ import annotations
@@ -26,83 +30,122 @@ import pyarrow as pa
 
 from contract.features import (
     DEFAULT_SPEC,
-    RECENT_WINDOW,
-    USER_FIELDS,
     FeatureSpec,
     candidate_prefix_counts,
+    check_standard_layout,
     context_fields,
-    hash_ids,
-    item_fields,
+    field_ids,
+    group_ids,
     list_fields,
+    side_table_columns,
 )
 from contract.schema import FEEDBACK
-
-N_USER_CTX = 10  # user (8) + context (2) fields
-N_CAND = 12  # item (6) + list (6) fields
 
 
 @dataclass(frozen=True)
 class SideTables:
-    """Users' and items' field ids, looked up by raw id (sorted arrays + searchsorted)."""
+    """Users' and items' field ids by a feature spec, looked up by raw id (sorted arrays +
+    searchsorted); the training twin of ``runtime.bundle.SideTables``, with the same rules.
+
+    A user missing from the users table gets the fields read from its id (``source`` =
+    ``user_id``: the hashed id) and 0 ("unknown") elsewhere; a missing item likewise, with tag
+    0 and author -1. ``spec`` is the dataset's (:attr:`training.data.pipeline.Dataset.spec`);
+    every consumer of these tables (Requests, networks, exports) takes its sizes from it.
+    """
 
     user_id: np.ndarray  # (U,) sorted raw ids
-    user_profile: np.ndarray  # (U, 7) profile ids (fields after user_id)
+    user_fields: np.ndarray  # (U, n_user) ids of the spec's user fields
     item_id: np.ndarray  # (N,) sorted raw ids
-    item_f: np.ndarray  # (N, 6) item field ids
+    item_f: np.ndarray  # (N, n_item) ids of the spec's item fields
     item_tag: np.ndarray  # (N,) raw tag
     item_author: np.ndarray  # (N,) raw author
+    spec: FeatureSpec = DEFAULT_SPEC
 
     @classmethod
-    def from_tables(cls, users: pa.Table, items: pa.Table) -> SideTables:
-        """Raises ValueError naming the table when ``users`` or ``items`` has no rows (every
-        id would be unknown, and the lookups would index an empty array)."""
+    def from_tables(
+        cls, users: pa.Table, items: pa.Table, spec: FeatureSpec = DEFAULT_SPEC
+    ) -> SideTables:
+        """Featurise the users and items tables by ``spec`` (pass the dataset's
+        :attr:`~training.data.pipeline.Dataset.spec`).
+
+        The tables need the columns :func:`contract.features.side_table_columns` names:
+        ``user_id`` and the user fields' ``source`` columns; ``item_id``, ``author_raw``,
+        ``tag`` and the item fields' ``source`` columns. Raises ValueError naming the table
+        when it is empty (every id would be unknown, and the lookups would index an empty
+        array) or lacks a column, or naming the field when the spec's layout is not one the
+        trainers read (:func:`contract.features.check_standard_layout`)."""
         for name, table in (("users", users), ("items", items)):
             if table.num_rows == 0:
                 raise ValueError(f"the {name} side table is empty (0 rows)")
-        uid = users.column("user_id").to_numpy()
-        uo = np.argsort(uid, kind="stable")
-        profile = np.stack([users.column(f.name).to_numpy() for f in USER_FIELDS[1:]], axis=1)
-        iid = items.column("item_id").to_numpy()
-        io = np.argsort(iid, kind="stable")
-        col = {n: items.column(n).to_numpy() for n in items.column_names}
-        f = item_fields(
-            col["item_id"], col["author_raw"], col["tag"], col["duration_s"],
-            col["upload_type"], col["music_type"],
-        )  # fmt: skip
-        sizes = DEFAULT_SPEC.sizes("user")[1:]
+        check_standard_layout(spec)
+        user_cols, item_cols = side_table_columns(spec)
+        for name, table, cols in (("users", users, user_cols), ("items", items, item_cols)):
+            missing = [c for c in cols if c not in table.column_names]
+            if missing:
+                raise ValueError(
+                    f"the {name} side table has no column {missing[0]!r} (read by the feature "
+                    f"spec; it needs {list(cols)})"
+                )
+        u = {c: users.column(c).to_numpy(zero_copy_only=False) for c in user_cols}
+        fill = {"tag": 0, "author_raw": -1}
+        i = {c: items.column(c).fill_null(fill[c]).to_numpy(zero_copy_only=False)
+             if c in fill else items.column(c).to_numpy(zero_copy_only=False)
+             for c in item_cols}  # fmt: skip
+        uo = np.argsort(u["user_id"], kind="stable")
+        io = np.argsort(i["item_id"], kind="stable")
         return cls(
-            user_id=uid[uo],
-            user_profile=np.clip(profile[uo], 0, np.asarray(sizes) - 1).astype(np.int64),
-            item_id=iid[io],
-            item_f=f[io].astype(np.int64),
-            item_tag=col["tag"][io].astype(np.int64),
-            item_author=col["author_raw"][io].astype(np.int64),
+            user_id=u["user_id"][uo].astype(np.int64),
+            user_fields=group_ids(spec, "user", {k: v[uo] for k, v in u.items()}),
+            item_id=i["item_id"][io].astype(np.int64),
+            item_f=group_ids(spec, "item", {k: v[io] for k, v in i.items()}),
+            item_tag=i["tag"][io].astype(np.int64),
+            item_author=i["author_raw"][io].astype(np.int64),
+            spec=spec,
         )
 
     @property
     def n_items(self) -> int:
         return int(self.item_id.shape[0])
 
+    @property
+    def n_user_ctx(self) -> int:
+        """User + context fields: the columns of ``Requests.user_ctx``."""
+        return len(self.spec.group("user")) + len(self.spec.group("context"))
+
     def item_rows(self, item_ids: np.ndarray) -> np.ndarray:
         """Row of each raw item id; -1 for ids missing from the items table."""
         return _rows(self.item_id, item_ids)
 
     def user_f(self, user_ids: np.ndarray) -> np.ndarray:
-        """``(..., 8)`` user field ids (hashed id + profile; an unknown profile is all 0)."""
+        """``(..., n_user)`` user field ids; an unknown user: the id's own fields, 0 else."""
+        user_ids = np.asarray(user_ids)
         rows = _rows(self.user_id, user_ids)
-        prof = np.where((rows >= 0)[..., None], self.user_profile[np.maximum(rows, 0)], 0)
-        hid = hash_ids(user_ids, DEFAULT_SPEC.fields[0].size)
-        return np.concatenate([hid[..., None], prof], axis=-1)
+        known = (rows >= 0)[..., None]
+        f = np.where(known, self.user_fields[np.maximum(rows, 0)], 0)
+        return _with_id_fields(f, self.spec, "user", user_ids, known)
 
     def item_attrs(self, rows: np.ndarray, item_ids: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Item field ids ``(..., 6)``, tag and author of items; unknown rows: id only."""
+        """Item field ids ``(..., n_item)``, tag and author of items; unknown rows: the id's
+        own fields (the hashed ``item_id``), 0 elsewhere, tag 0, author -1."""
         known = rows >= 0
         r = np.maximum(rows, 0)
         f = np.where(known[..., None], self.item_f[r], 0)
-        f[..., 0] = hash_ids(item_ids, DEFAULT_SPEC.fields[10].size)
+        f = _with_id_fields(f, self.spec, "item", np.asarray(item_ids), known[..., None])
         tag = np.where(known, self.item_tag[r], 0)
         author = np.where(known, self.item_author[r], -1)
         return f, tag, author
+
+
+def _with_id_fields(
+    f: np.ndarray, spec: FeatureSpec, group: str, ids: np.ndarray, known: np.ndarray
+) -> np.ndarray:
+    """``f`` with the fields that read the raw id itself (``user_id``/``item_id``) filled
+    from ``ids`` where ``known`` is False (a known row's table ids are the same)."""
+    key = "user_id" if group == "user" else "item_id"
+    for j, fl in enumerate(spec.group(group)):  # type: ignore[arg-type]
+        if fl.source == key:
+            f[..., j] = np.where(known[..., 0], f[..., j], field_ids(fl, ids))
+    return f
 
 
 def _rows(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -127,12 +170,12 @@ class Requests:
     request_id: np.ndarray  # (R,)
     user_id: np.ndarray  # (R,)
     timestamp: np.ndarray  # (R,)
-    user_ctx: np.ndarray  # (R, 10) user + context ids
+    user_ctx: np.ndarray  # (R, n_user + n_context) user + context ids
     n_cand: np.ndarray  # (R,)
     n_shown: np.ndarray  # (R,)
     cand_item: np.ndarray  # (R, C) raw item ids (0 where padded)
     cand_mask: np.ndarray  # (R, C) bool
-    cand_f: np.ndarray  # (R, C, 6) item field ids
+    cand_f: np.ndarray  # (R, C, n_item) item field ids
     cand_tag: np.ndarray  # (R, C)
     cand_author: np.ndarray  # (R, C)
     feedback: np.ndarray  # (R, K, 7) float32, FEEDBACK order; 0 where not shown
@@ -145,8 +188,9 @@ class Requests:
     imp_start: np.ndarray  # (R,) index of the request's first impression in the flat order
     imp_req: np.ndarray  # (G,) request of each impression
     imp_slot: np.ndarray  # (G,) shown column of each impression (its position: shown_pos)
-    imp_ids: np.ndarray  # (G, 22) field ids of each impression
+    imp_ids: np.ndarray  # (G, n_fields) field ids of each impression, spec order
     imp_sess_start: np.ndarray  # (G,) flat index of the first impression of its session
+    spec: FeatureSpec = DEFAULT_SPEC  # the rules of every id above (the side tables' spec)
 
     @property
     def n_requests(self) -> int:
@@ -170,11 +214,21 @@ def build_requests(
     table: pa.Table,
     side: SideTables,
     list_size: int | None = None,
-    spec: FeatureSpec = DEFAULT_SPEC,
+    spec: FeatureSpec | None = None,
 ) -> Requests:
-    """Arrange a table of whole sessions (impression-log schema) into :class:`Requests`."""
-    if spec.names() != DEFAULT_SPEC.names():
-        raise ValueError("build_requests implements DEFAULT_SPEC's fields only")
+    """Arrange a table of whole sessions (impression-log schema) into :class:`Requests`.
+
+    The ids follow ``side.spec`` (the dataset's feature spec); ``spec``, if given, must be
+    that spec. Any spec whose layout :func:`contract.features.check_standard_layout` accepts
+    works: the user and item fields are read from the side tables, the context fields from
+    the request's timestamp and index, the list fields are computed by
+    :func:`contract.features.list_fields`. Raises ValueError for another ``spec``.
+    """
+    if spec is not None and spec != side.spec:
+        raise ValueError(
+            "build_requests: spec differs from the side tables' (build both from Dataset.spec)"
+        )
+    spec = side.spec
     col = {
         n: table.column(n).to_numpy(zero_copy_only=False)
         for n in (
@@ -252,12 +306,12 @@ def build_requests(
     imp_slot = np.arange(g_total) - imp_start[imp_req]
     imp_tag = cand_tag[imp_req, imp_slot]
     # Tags of the last W impressions of the session before each request.
-    w = RECENT_WINDOW
+    w = spec.recent_window
     idx = imp_start[:, None] - w + np.arange(w)[None, :]
     ok = (idx >= 0) & (idx >= imp_start[sess_start[sess_idx]][:, None])
     recent_tags = np.where(ok, imp_tag[np.clip(idx, 0, max(g_total - 1, 0))] if g_total else 0, 0)
 
-    ctx = context_fields(col["timestamp"][first], col["request_index"][first])
+    ctx = context_fields(col["timestamp"][first], col["request_index"][first], spec)
     user_ctx = np.concatenate([side.user_f(col["user_id"][first]), ctx], axis=1)
 
     req = Requests(
@@ -285,6 +339,7 @@ def build_requests(
         imp_slot=imp_slot,
         imp_ids=np.zeros((g_total, spec.n_fields), dtype=np.int64),
         imp_sess_start=imp_start[sess_start[sess_idx]][imp_req].astype(np.int64),
+        spec=spec,
     )
     if g_total:
         cand12 = candidate_ids(req, imp_req, imp_slot, cols=imp_slot[:, None])[:, 0]
@@ -321,7 +376,8 @@ def slot_position(req: Requests, r: np.ndarray, t: np.ndarray) -> np.ndarray:
 def list_ids(
     req: Requests, r: np.ndarray, t: np.ndarray, tags: np.ndarray, authors: np.ndarray
 ) -> np.ndarray:
-    """``(B, M, 6)`` list ids of items with ``tags``/``authors`` ``(B, M)`` at slot ``t`` of ``r``.
+    """``(B, M, n_list)`` list ids of items with ``tags``/``authors`` ``(B, M)`` at slot ``t``
+    of ``r``.
 
     The earlier slots ``0..t-1`` hold the logged slate of the request; the position field is
     the logged one (:func:`slot_position`).
@@ -333,16 +389,16 @@ def list_ids(
     same_tag = candidate_prefix_counts(tags, placed_tag, t)
     same_author = candidate_prefix_counts(authors, placed_author, t)
     recent = (tags[:, :, None] == req.recent_tags[r][:, None, :]).sum(-1)
+    depth, clicks = req.depth[r][:, None], req.clicks[r][:, None]
     pos = slot_position(req, r, t)[:, None]
-    return list_fields(
-        pos, same_tag, same_author, recent, req.depth[r][:, None], req.clicks[r][:, None]
-    )
+    return list_fields(pos, same_tag, same_author, recent, depth, clicks, spec=req.spec)
 
 
 def candidate_ids(
     req: Requests, r: np.ndarray, t: np.ndarray, cols: np.ndarray | None = None
 ) -> np.ndarray:
-    """``(B, M, 12)`` item + list ids of logged candidates ``cols`` (default: all) at slot ``t``."""
+    """``(B, M, n_item + n_list)`` item + list ids of logged candidates ``cols`` (default:
+    all) at slot ``t``."""
     r = np.asarray(r)
     if cols is None:
         cols = np.broadcast_to(np.arange(req.cand_item.shape[1]), (len(r), req.cand_item.shape[1]))
@@ -355,6 +411,7 @@ def candidate_ids(
 def catalogue_ids(
     req: Requests, side: SideTables, r: np.ndarray, t: np.ndarray, item_rows: np.ndarray
 ) -> np.ndarray:
-    """``(B, M, 12)`` ids of catalogue items (rows of the items table) at slot ``t`` of ``r``."""
+    """``(B, M, n_item + n_list)`` ids of catalogue items (rows of the items table) at slot
+    ``t`` of ``r``."""
     f, tags, authors = side.item_attrs(item_rows, side.item_id[item_rows])
     return np.concatenate([f, list_ids(req, r, t, tags, authors)], axis=-1)

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from contract.features import DEFAULT_SPEC
+from contract.features import DEFAULT_SPEC, FeatureSpec
 from training.data.features import Requests, SideTables, build_requests
 from training.data.pipeline import Dataset
 from training.drl.batches import Batch, history, make_batch
@@ -118,9 +118,10 @@ class HRLConfig:
     log_every: int = 50
     """Steps between logged loss lines."""
 
-    def net(self) -> QNetConfig:
+    def net(self, spec: FeatureSpec = DEFAULT_SPEC) -> QNetConfig:
+        """The encoder/critic config for ``spec`` (the dataset's feature spec)."""
         return QNetConfig.from_spec(
-            DEFAULT_SPEC, d_r=self.d_r, gru_hidden=self.gru_hidden, mlp=self.mlp,
+            spec, d_r=self.d_r, gru_hidden=self.gru_hidden, mlp=self.mlp,
             memory=self.memory,
         )  # fmt: skip
 
@@ -186,7 +187,7 @@ class HRLTrainer(Checkpointed):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.net = ActorCritic(
-                cfg.net(), actor_hidden=cfg.actor_hidden, action_dim=cfg.action_dim or None
+                cfg.net(side.spec), actor_hidden=cfg.actor_hidden, action_dim=cfg.action_dim or None
             ).to(self.device)
         self.target = copy.deepcopy(self.net).requires_grad_(False)
         actor_ids = {id(p) for p in self.net.actor.parameters()}
@@ -331,7 +332,7 @@ def run_hrl(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = Dataset.open(data)
-    side = SideTables.from_tables(ds.users(), ds.items())
+    side = SideTables.from_tables(ds.users(), ds.items(), ds.spec)
     trainer = HRLTrainer(cfg, side, device=device)
     summary = train_hrl(trainer, ds, out=out, resume=resume, progress=progress)
     if eval_split:

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from contract.features import DEFAULT_SPEC
+from contract.features import DEFAULT_SPEC, FeatureSpec
 from training.data.features import Requests, SideTables, build_requests
 from training.data.pipeline import Dataset, iter_session_batches, shard_for_rank
 from training.drl.batches import Batch, history, make_batch, next_buffer, request_order
@@ -134,9 +134,11 @@ class DRLConfig:
     log_every: int = 50
     """Steps between logged loss lines."""
 
-    def teacher_net(self) -> QNetConfig:
+    def teacher_net(self, spec: FeatureSpec = DEFAULT_SPEC) -> QNetConfig:
+        """The teacher's network config for ``spec`` (the dataset's: its fields size the
+        embedding tables)."""
         return QNetConfig.from_spec(
-            DEFAULT_SPEC,
+            spec,
             d_r=self.d_r,
             gru_hidden=self.gru_hidden,
             mlp=self.mlp,
@@ -149,8 +151,8 @@ class DRLConfig:
         if self.discount not in ("slot", "request"):
             raise ValueError(f"DRL config: discount={self.discount!r}: 'slot' or 'request'")
 
-    def student_net(self) -> QNetConfig:
-        return self.teacher_net().scaled(self.compression)
+    def student_net(self, spec: FeatureSpec = DEFAULT_SPEC) -> QNetConfig:
+        return self.teacher_net(spec).scaled(self.compression)
 
     def with_overrides(self, **kw: Any) -> DRLConfig:
         unknown = set(kw) - {f.name for f in dataclasses.fields(self)}
@@ -160,13 +162,17 @@ class DRLConfig:
 
 
 class DRLRec(nn.Module):
-    """Teacher, student and hint adapter; ``forward(batch)`` returns the step's losses."""
+    """Teacher, student and hint adapter; ``forward(batch)`` returns the step's losses.
 
-    def __init__(self, cfg: DRLConfig):
+    ``spec`` is the feature spec of the data (``Dataset.spec``; the trainer passes its side
+    tables'): the networks' embedding tables have one block of ``size`` rows per field."""
+
+    def __init__(self, cfg: DRLConfig, spec: FeatureSpec = DEFAULT_SPEC):
         super().__init__()
         self.cfg = cfg
-        self.teacher = QNetwork(cfg.teacher_net())
-        self.student = QNetwork(cfg.student_net())
+        self.spec = spec
+        self.teacher = QNetwork(cfg.teacher_net(spec))
+        self.student = QNetwork(cfg.student_net(spec))
         self.adapter = make_hint_adapter(self.student.cfg.hint_dim, self.teacher.cfg.hint_dim)
 
     def forward(
@@ -269,11 +275,19 @@ def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
             pt.lerp_(p, tau)
 
 
+def checkpoint_spec(sd: dict[str, Any]) -> FeatureSpec:
+    """The feature spec a checkpoint (or a run's ``train.json`` summary) was trained with:
+    its ``feature_spec`` dict, or ``DEFAULT_SPEC`` for one written before specs were saved."""
+    d = sd.get("feature_spec")
+    return DEFAULT_SPEC if d is None else FeatureSpec.from_dict(d)
+
+
 class Checkpointed:
     """Checkpoints of a trainer: its named stateful parts (``_stateful``), the config, the
     data stream's RNG and the counters, saved atomically (temporary name, then rename)."""
 
     cfg: Any
+    side: SideTables
     rng: np.random.Generator
     step_count: int
     instances: int
@@ -289,10 +303,20 @@ class Checkpointed:
             rng=self.rng.bit_generator.state,
             step=self.step_count,
             instances=self.instances,
+            feature_spec=self.side.spec.to_dict(),
         )
         return sd
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Raises ValueError when the checkpoint was trained with another feature spec
+        (a checkpoint without one was trained with ``DEFAULT_SPEC``)."""
+        saved = checkpoint_spec(sd)
+        if saved != self.side.spec:
+            raise ValueError(
+                "the checkpoint was trained with another feature spec than this dataset's "
+                f"({saved.n_fields} fields {saved.names()[:3]}..., this one "
+                f"{self.side.spec.n_fields})"
+            )
         for name, part in self._stateful().items():
             part.load_state_dict(sd[name])
         self.rng.bit_generator.state = sd["rng"]
@@ -319,7 +343,7 @@ class DRLTrainer(Checkpointed):
         self.device = torch.device(device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.model = DRLRec(cfg).to(self.device)
+            self.model = DRLRec(cfg, side.spec).to(self.device)
         self.teacher_target = copy.deepcopy(self.model.teacher).requires_grad_(False)
         self.student_target = copy.deepcopy(self.model.student).requires_grad_(False)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
@@ -457,6 +481,7 @@ def train(
         "instances_per_s": round(seen / max(sec, 1e-9), 1),
         "history": history_rows,
         "config": dataclasses.asdict(cfg),
+        "feature_spec": trainer.side.spec.to_dict(),
     }
     if out is not None and rank == 0:
         (out / "train.json").write_text(json.dumps(summary, indent=2))
@@ -511,7 +536,7 @@ def run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = Dataset.open(data)
-    side = SideTables.from_tables(ds.users(), ds.items())
+    side = SideTables.from_tables(ds.users(), ds.items(), ds.spec)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world_size > 1:

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from contract.features import DEFAULT_SPEC
 from contract.schema import FEEDBACK
 from training.baselines.pointwise import predict, seeded_build_model, train_pointwise
 from training.data.features import SideTables
@@ -142,7 +141,7 @@ class SeedContext:
 
     def new_model(self, name: str) -> nn.Module:
         arch = ALL_MODELS[name][0]
-        return seeded_build_model(arch, DEFAULT_SPEC.sizes(), seed=self.seed,
+        return seeded_build_model(arch, self.side.spec.sizes(), seed=self.seed,
                                   embed_dim=self.cfg.embed_dim)  # fmt: skip
 
     def model(self, name: str) -> nn.Module:

@@ -28,7 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from contract.features import candidate_prefix_counts, context_fields, list_fields
+from contract.features import (
+    DEFAULT_SPEC,
+    FeatureSpec,
+    candidate_prefix_counts,
+    context_fields,
+    list_fields,
+)
 from runtime.bundle import Bundle
 from runtime.lists import Exploration
 from training.data.features import Requests, SideTables, candidate_ids
@@ -39,13 +45,14 @@ from training.sim.env import Feedback, Observation
 class RequestInputs:
     """Slot-independent inputs of a batch of requests (B rows, C candidates)."""
 
-    user_ctx: np.ndarray  # (B, 10)
-    cand_f: np.ndarray  # (B, C, 6)
+    user_ctx: np.ndarray  # (B, n_user + n_context)
+    cand_f: np.ndarray  # (B, C, n_item)
     tags: np.ndarray  # (B, C)
     authors: np.ndarray  # (B, C)
     recent: np.ndarray  # (B, C) recent impressions of the session sharing the tag
     depth: np.ndarray  # (B,)
     clicks: np.ndarray  # (B,)
+    spec: FeatureSpec = DEFAULT_SPEC  # the side tables' spec, whose rules make the ids
 
 
 class OnlineFeatures:
@@ -58,7 +65,7 @@ class OnlineFeatures:
         side = self.side
         rows = side.item_rows(obs.candidate_ids)
         f, tags, authors = side.item_attrs(rows, obs.candidate_ids)
-        ctx = context_fields(obs.timestamp, obs.request_index)
+        ctx = context_fields(obs.timestamp, obs.request_index, side.spec)
         user_ctx = np.concatenate([side.user_f(obs.user_id), ctx], axis=1)
         recent = (tags[:, :, None] == obs.recent_tags[:, None, :]).sum(-1)
         return RequestInputs(
@@ -69,13 +76,14 @@ class OnlineFeatures:
             recent=recent,
             depth=obs.session_depth,
             clicks=obs.session_clicks,
+            spec=side.spec,
         )
 
     @staticmethod
     def cand_ids(
         x: RequestInputs, slot: int, placed_tags: np.ndarray, placed_authors: np.ndarray
     ) -> np.ndarray:
-        """``(B, C, 12)`` item + list ids of every candidate at ``slot``.
+        """``(B, C, n_item + n_list)`` item + list ids of every candidate at ``slot``.
 
         ``placed_tags``/``placed_authors`` are ``(B, slot)``: the items of slots ``0..slot-1``.
         """
@@ -83,7 +91,7 @@ class OnlineFeatures:
         same_author = candidate_prefix_counts(x.authors, placed_authors, placed_authors.shape[1])
         lf = list_fields(
             np.full(x.tags.shape, slot), same_tag, same_author, x.recent,
-            x.depth[:, None], x.clicks[:, None],
+            x.depth[:, None], x.clicks[:, None], spec=x.spec,
         )  # fmt: skip
         return np.concatenate([x.cand_f, lf], axis=-1)
 

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from contract.features import DEFAULT_SPEC
+from contract.features import DEFAULT_SPEC, FeatureSpec
 from contract.schema import FEEDBACK
 from training.drl.networks import QHead, QNetConfig, StateEncoder
 
@@ -117,9 +117,9 @@ class MMRFNetConfig:
             raise ValueError(f"model_dropout={self.model_dropout} must be in [0, 1)")
 
     @classmethod
-    def default(cls, **overrides: object) -> MMRFNetConfig:
-        """Config on ``DEFAULT_SPEC`` with DRL-Rec's teacher encoder."""
-        return cls(encoder=QNetConfig.from_spec(DEFAULT_SPEC), **overrides)  # type: ignore[arg-type]
+    def default(cls, spec: FeatureSpec = DEFAULT_SPEC, **overrides: object) -> MMRFNetConfig:
+        """Config on ``spec`` (a dataset's feature spec) with DRL-Rec's teacher encoder."""
+        return cls(encoder=QNetConfig.from_spec(spec), **overrides)  # type: ignore[arg-type]
 
     @property
     def context_dim(self) -> int:

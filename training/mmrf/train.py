@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from contract.features import DEFAULT_SPEC
+from contract.features import DEFAULT_SPEC, FeatureSpec
 from training.data.features import Requests, SideTables, build_requests, candidate_ids
 from training.data.pipeline import Dataset, DatasetError
 from training.data.validate import check_dataset
@@ -210,9 +210,10 @@ class MMRFConfig:
             raise ValueError(f"beta has {len(self.beta)} entries, expected {len(ASPECTS) - 1}")
         self.net()  # validates the networks' shape
 
-    def net(self) -> MMRFNetConfig:
+    def net(self, spec: FeatureSpec = DEFAULT_SPEC) -> MMRFNetConfig:
+        """The agents' network config for ``spec`` (the dataset's feature spec)."""
         enc = QNetConfig.from_spec(
-            DEFAULT_SPEC, d_r=self.d_r, gru_hidden=self.gru_hidden, memory=self.memory
+            spec, d_r=self.d_r, gru_hidden=self.gru_hidden, memory=self.memory
         )
         return MMRFNetConfig(
             encoder=enc, agent_dim=self.agent_dim, heads=self.heads, action_dim=self.action_dim,
@@ -343,7 +344,7 @@ class MMRFTrainer(Checkpointed):
         self.side = side
         self.scale = scale
         self.device = torch.device(device)
-        net_cfg = cfg.net()
+        net_cfg = cfg.net(side.spec)
         # Separate seeds: M's initialisation does not depend on the agents' architecture, so
         # MMRF and MMRF-CO of one seed train the same M on the same batches.
         with torch.random.fork_rng(devices=[]):
@@ -681,7 +682,7 @@ def run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = Dataset.open(data)
-    side = SideTables.from_tables(ds.users(), ds.items())
+    side = SideTables.from_tables(ds.users(), ds.items(), ds.spec)
     scale = fit_reward_scale(ds.paths("train"), cfg.watch_time_quantile)
     trainer = make_trainer(cfg, side, scale, device=device)
     summary = train(trainer, ds, out=out, resume=resume, progress=progress,  # type: ignore[arg-type]
