@@ -27,6 +27,7 @@ from training.data.validate import (
 )
 from training.data.validate_log import session_order_problems, slot_problems
 
+ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_649_376_000_000
 MIN = 60_000
 ITEMS = list(range(10, 40))
@@ -91,6 +92,24 @@ def test_the_tiny_world_passes_with_its_counts(tiny_data) -> None:
     assert r.shards == len(ds.meta["shards"]) and r.requests > r.sessions
     assert r.users.share == 0 and r.items.share == 0
     assert "0.00%" in r.summary() and f"{c['rows']:,} rows" in r.summary()
+
+
+def test_the_kuairand_fixture_and_the_imported_bandit_log_pass(tmp_path: Path) -> None:
+    # KuaiRand logs each impression's own time within a request; the bandit log keeps sparse
+    # slots as logged and declares six aspects absent.
+    from training.data.kuairand import convert_kuairand
+
+    fixtures = ROOT / "tests" / "fixtures" / "kuairand"
+    logs = [str(fixtures / f"log_{k}_fixture.csv") for k in ("standard", "random")]
+    convert_kuairand(logs, str(fixtures / "user_features_fixture.csv"),
+                     str(fixtures / "video_features_fixture.csv"), str(tmp_path / "kr"),
+                     progress=False)  # fmt: skip
+    r = validate_dataset(tmp_path / "kr")
+    assert r.ok and r.impressions == 44, lines(r)
+    mapping = ROOT / "examples" / "bandit_log" / "mapping.toml"
+    assert cli.main(["import", "--mapping", str(mapping), "--out", str(tmp_path / "bandit")]) == 0
+    r = validate_dataset(tmp_path / "bandit")
+    assert r.ok and r.slots == "as_logged", lines(r)
 
 
 def test_a_hand_made_dataset_passes(tmp_path: Path) -> None:
@@ -181,10 +200,14 @@ def test_session_order_problems_by_hand() -> None:
     t = log_rows([Req(1, 0, T0, [(10, 0, 0), (11, 1, 0)]), Req(1, 1, T0 + MIN, [(12, 0, 0)])])
     assert session_order_problems(t, "s") == []
     ts = t.column("timestamp").to_numpy().copy()
-    ts[1] += 1  # the second row of request 0
+    ts[1] += 1  # the second row of request 0: an impression's own time, later than the first
+    later = t.set_column(t.schema.get_field_index("timestamp"), "timestamp", pa.array(ts))
+    assert session_order_problems(later, "s") == []
+    ts[1] -= 2  # earlier than the row before
     bad = t.set_column(t.schema.get_field_index("timestamp"), "timestamp", pa.array(ts))
     [p] = session_order_problems(bad, "s", row_offset=100)
-    assert (p.column, p.row, p.value) == ("timestamp", 101, T0 + 1)
+    assert (p.column, p.row, p.value) == ("timestamp", 101, T0 - 1)
+    assert "rows are not in time order (the row before is at" in p.problem
     user = t.column("user_id").to_numpy().copy()
     user[2] = 7
     other = t.set_column(t.schema.get_field_index("user_id"), "user_id", pa.array(user))

@@ -22,9 +22,10 @@ Log shards
     declared aspects); the same column types in every shard; and the layout the streaming
     reader (:func:`~training.data.pipeline.iter_session_batches`) and the featurisation
     (:func:`~training.data.features.build_requests`) assume: the rows of a session are
-    contiguous in one shard, never in two; a session is one user's; within it the rows of a
-    request are contiguous, share request id, user and timestamp, and requests follow each
-    other in strictly increasing ``request_index`` and non-decreasing ``timestamp``; the shown
+    contiguous in one shard, never in two; a session is one user's and its rows are in time
+    order (``timestamp`` never decreases); within it the rows of a request are contiguous with
+    one request id, and requests follow each other in strictly increasing ``request_index``;
+    the shown
     positions of a request never repeat, and are ``0..n-1`` unless ``slots`` is
     ``"as_logged"`` (then any distinct positions: an imported bandit log may show one
     impression at position 2); with ``list_size``, a request shows at most ``list_size`` items
@@ -153,13 +154,13 @@ class ValidationReport:
 
     def summary(self) -> str:
         """One line: counts, id coverage and speed."""
-        per_m = self.seconds / self.rows * 1e6 if self.rows else 0.0
+        speed = f" ({self.seconds / self.rows * 1e6:.2f} s per million rows)"
         return (
             f"{self.root}: {self.shards} shards, {self.rows:,} rows, {self.impressions:,} "
             f"impressions, {self.requests:,} requests, {self.sessions:,} sessions (slots "
             f"{self.slots}); log rows with ids missing from the side tables: users "
-            f"{_share(self.users)}, items {_share(self.items)}; {self.seconds:.1f} s "
-            f"({per_m:.2f} s per million rows)"
+            f"{_share(self.users)}, items {_share(self.items)}; {self.seconds:.1f} s"
+            + (speed if self.rows >= 100_000 else "")  # a small one is all fixed costs
         )
 
 

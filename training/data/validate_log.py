@@ -25,9 +25,12 @@ def session_order_problems(table: pa.Table, source: str, row_offset: int = 0) ->
     A session here is a run of rows with one ``session_id`` (that a session forms one run is
     checked across the whole file by :func:`validate_dataset`); a request is a run with one
     ``(session_id, request_index)``, as :func:`~training.data.features.build_requests` groups
-    them. Within a session ``user_id`` is constant; within a request ``request_id`` and
-    ``timestamp`` are; from one request to the next ``request_index`` strictly increases and
-    ``timestamp`` does not decrease. At most one problem per column, at its first row.
+    them. Within a session ``user_id`` is constant and ``timestamp`` never decreases from row
+    to row (so requests are in time order; the rows of one request may carry one time, as the
+    row builder writes them, or each impression's own, as KuaiRand logs them: the request's
+    time is its first shown slot's); within a request ``request_id`` is constant; from one
+    request to the next ``request_index`` strictly increases. At most one problem per column,
+    at its first row.
     """
     if table.num_rows == 0:
         return []
@@ -51,16 +54,13 @@ def session_order_problems(table: pa.Table, source: str, row_offset: int = 0) ->
     first("request_id", same_req & (c["request_id"] != np.r_[0, c["request_id"][:-1]]),
           "two requests share a request_index in session {sid} (the row before is request "
           "{prev})")  # fmt: skip
-    ts_prev = np.r_[0, c["timestamp"][:-1]]
-    first("timestamp", same_req & (c["timestamp"] != ts_prev),
-          "differs within a request of session {sid} (the row before has {prev})")  # fmt: skip
     first("request_index", next_req & (c["request_index"] <= np.r_[0, c["request_index"][:-1]]),
           "session {sid}'s requests are out of order or not contiguous (the row before has "
           "request_index {prev}); sort each session's rows by request")  # fmt: skip
     first(
         "timestamp",
-        next_req & (c["timestamp"] < ts_prev),
-        "session {sid}'s requests are not in time order (the request before is at {prev})",
+        same_sess & (c["timestamp"] < np.r_[0, c["timestamp"][:-1]]),
+        "session {sid}'s rows are not in time order (the row before is at {prev})",
     )
     return out
 
