@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -354,3 +355,64 @@ def test_projected_state_equals_the_serving_state(data, gru):
         served = net.state(enc[b.hist_index], b.hist_mask, b.user_ctx)
         trained = net.state_projected(net.project(enc)[b.hist_index], b.hist_mask, b.user_ctx)
     torch.testing.assert_close(trained, served, rtol=1e-5, atol=1e-6)
+
+
+# ---- a diverging run stops at once ----
+
+
+def _poison_batch(trainer, at: int) -> None:
+    """Seam: the ``at``-th batch the loop draws (1-based) carries NaN rewards."""
+    make = trainer.batch
+    drawn = [0]
+
+    def batch(req, g):
+        b = make(req, g)
+        drawn[0] += 1
+        if drawn[0] == at:
+            b = dataclasses.replace(b, reward=torch.full_like(b.reward, float("nan")))
+        return b
+
+    trainer.batch = batch
+
+
+def test_nan_loss_stops_the_run_at_its_step_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    from training.divergence import DivergenceError
+    from training.drl.train import train
+
+    ds, side, _ = data
+    tr = DRLTrainer(SMALL.with_overrides(max_instances=8 * 64), side)
+    _poison_batch(tr, at=3)
+    with pytest.raises(DivergenceError) as e:
+        train(tr, ds, out=tmp_path, checkpoint_every=1, progress=False)
+    assert e.value.step == 3 and tr.step_count == 3  # stopped there, not after 8 steps
+    assert math.isnan(e.value.values["losses/td_teacher"])
+    assert "diverged at step 3: non-finite losses/td_teacher=nan" in str(e.value)
+    assert not (tmp_path / "train.json").exists()  # not marked finished
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert ck["step"] == 2  # the last good step's checkpoint
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_exploding_learning_rate_stops_at_the_first_non_finite_step(data, tmp_path):
+    from training.divergence import DivergenceError
+    from training.drl.train import train
+
+    ds, side, _ = data
+    tr = DRLTrainer(SMALL.with_overrides(lr=1e30, max_instances=20 * 64), side)
+    with pytest.raises(DivergenceError) as e:
+        train(tr, ds, out=tmp_path, checkpoint_every=1, progress=False)
+    assert e.value.step == tr.step_count < 20
+    assert any(k.startswith("losses/") for k in e.value.values)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == e.value.step - 1
+
+
+def test_a_checkpoint_of_non_finite_parameters_is_not_written(data, tmp_path):
+    from training.divergence import DivergenceError
+
+    _, side, _ = data
+    tr = DRLTrainer(SMALL, side)
+    with torch.no_grad():
+        tr.model.student.head.out.bias.fill_(float("nan"))
+    with pytest.raises(DivergenceError, match=r"model\.student\.head\.out\.bias=nan"):
+        tr.save(tmp_path / "checkpoint.pt")
+    assert list(tmp_path.iterdir()) == []

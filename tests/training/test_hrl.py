@@ -189,3 +189,25 @@ def test_run_hrl_writes_the_run_folder_and_aucs(data, tmp_path):
 def test_config_rejects_unknown_keys():
     with pytest.raises(ValueError, match="nope"):
         SMALL.with_overrides(nope=1)
+
+
+def test_nan_loss_stops_the_run_at_its_step(data, tmp_path):
+    import dataclasses
+
+    from training.divergence import DivergenceError
+
+    ds, side, _ = data
+    tr = HRLTrainer(SMALL.with_overrides(max_instances=8 * 64), side)
+    make, drawn = tr.batch, [0]
+
+    def poisoned(req, g):  # seam: the second batch carries NaN rewards
+        b = make(req, g)
+        drawn[0] += 1
+        return dataclasses.replace(b, reward=b.reward * float("nan")) if drawn[0] == 2 else b
+
+    tr.batch = poisoned  # type: ignore[method-assign]
+    with pytest.raises(DivergenceError) as e:
+        train_hrl(tr, ds, out=tmp_path, progress=False)
+    assert e.value.step == 2 and tr.step_count == 2
+    assert "diverged at step 2: non-finite losses/critic=nan" in str(e.value)
+    assert not (tmp_path / "train.json").exists()

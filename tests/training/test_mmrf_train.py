@@ -188,3 +188,51 @@ def test_the_feedback_model_does_not_depend_on_the_agents_architecture(data):
     a, b = _trainer(data), _trainer(data, collaboration="concat", action_dim=6)
     for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+
+
+def _poison_batch(trainer: MMRFTrainer, at: int) -> None:
+    """Seam: the ``at``-th batch the loop draws (1-based) carries NaN rewards."""
+    import dataclasses
+
+    make = trainer.batch
+    drawn = [0]
+
+    def batch(req, g):
+        b = make(req, g)
+        drawn[0] += 1
+        if drawn[0] == at:
+            nan = torch.full_like(b.real.reward, float("nan"))
+            b = dataclasses.replace(b, real=dataclasses.replace(b.real, reward=nan))
+        return b
+
+    trainer.batch = batch  # type: ignore[method-assign]
+
+
+def test_nan_loss_stops_the_run_at_its_step_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    from training.divergence import DivergenceError
+    from training.drl.train import train
+
+    ds = data[0]
+    tr = _trainer(data, max_instances=8 * 32)
+    _poison_batch(tr, at=3)
+    with pytest.raises(DivergenceError) as e:
+        train(tr, ds, out=tmp_path, checkpoint_every=1, progress=False)
+    assert e.value.step == 3 and tr.step_count == 3
+    assert "losses/critic_click" in e.value.values and "losses/critic" in e.value.values
+    assert "diverged at step 3: non-finite losses/critic_click=nan" in str(e.value)
+    assert not (tmp_path / "train.json").exists()
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 2
+
+
+def test_cli_divergence_is_one_line_and_exit_3(data, tmp_path, capsys):
+    ds = data[0]
+    sets = ["batch_size=32", "d_r=4", "gru_hidden=8", "memory=4", "agent_dim=8", "heads=2",
+            "action_dim=4", "actor_hidden=8", "critic_mlp=8", "model_hidden=8",
+            "sessions_per_chunk=32", "sim_batch=16", "max_instances=640", "critic_lr=1e30",
+            "actor_lr=1e30"]  # fmt: skip
+    argv = ["--data", str(ds.root), "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main([*argv, *[x for s in sets for x in ("--set", s)]]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("mmrf: error: training diverged at step")
+    assert "non-finite losses/" in err
+    assert not (tmp_path / "run" / "train.json").exists()

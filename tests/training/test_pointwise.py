@@ -403,3 +403,29 @@ def test_fewer_than_two_rows_are_refused(name, n):
     model = seeded_build_model(name, SYNTH_SIZES, seed=0, embed_dim=4)
     with pytest.raises(ValueError, match=f"need at least 2 training rows, got {n}"):
         train_pointwise(model, x, np.zeros(n), progress=False)
+
+
+# ------------------------------------------------------------------------------------------
+# A diverging fit stops at once
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_non_finite_loss_stops_training_at_its_step(name):
+    from training.divergence import DivergenceError
+
+    rng = np.random.default_rng(2)
+    x = _random_ids(SYNTH_SIZES, 64, rng)
+    y = (rng.random(64) < 0.5).astype(np.float32)
+    model = seeded_build_model(name, SYNTH_SIZES, seed=0, embed_dim=4)
+    forwards = []
+    model.register_forward_hook(lambda m, i, o: forwards.append(m.training))
+    with pytest.raises(DivergenceError) as e:
+        train_pointwise(model, x, y, batch_size=8, epochs=50, lr=1e30, progress=False)
+    step = e.value.step
+    # the loop stopped at the step whose loss was not finite: one training forward per step
+    assert forwards.count(True) == step < 50 * 8
+    assert list(e.value.values) == ["weighted_bce"]
+    assert f"{type(model).__name__} diverged at step {step}: non-finite weighted_bce=" in str(
+        e.value
+    )

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from training.divergence import check_finite
+
 __all__ = [
     "AFM",
     "AFN",
@@ -564,6 +566,8 @@ def train_pointwise(
     Raises:
         ValueError: bad ids, labels, weights or sizes (fewer than 2 training rows, batch_size
             1 for a model with batch norm, ...), before any step.
+        DivergenceError: (:mod:`training.divergence`) the loss of a step is NaN or inf; no
+            update is applied from that step and training stops there.
     """
     if epochs < 1 or batch_size < 1 or log_every < 1:
         raise ValueError(
@@ -614,16 +618,21 @@ def train_pointwise(
         tqdm(total=epochs * n_batches, disable=not progress, desc="train", unit="step") as bar,
     ):
         torch.manual_seed(seed)
+        step = 0
         for _ in range(epochs):
             for idx in torch.randperm(n, generator=gen).tensor_split(n_batches):
                 xb, yb = xt[idx].to(dev), yt[idx].to(dev)
                 wb = None if wt is None else wt[idx].to(dev)
                 loss = weighted_bce(model(xb), yb, wb)
+                step += 1
+                # Before the update, so the model keeps its last good weights: one scalar
+                # read per step, the price of stopping at the step that diverged.
+                check_finite({"weighted_bce": loss.detach()}, step, type(model).__name__)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                # Accumulate on the device and read back once per window: .item() every
-                # step would synchronise a GPU on each batch.
+                # Accumulate on the device and read back once per window (the finite check is
+                # the only per-step read).
                 window_sum += loss.detach()
                 window_steps += 1
                 bar.update(1)

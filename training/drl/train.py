@@ -54,6 +54,7 @@ from torch import nn
 from contract.features import DEFAULT_SPEC, FeatureSpec
 from training.data.features import Requests, SideTables, build_requests
 from training.data.pipeline import Dataset, iter_session_batches, shard_for_rank
+from training.divergence import check_finite, check_finite_parameters, watched
 from training.drl.batches import Batch, history, make_batch, next_buffer, request_order
 from training.drl.losses import (
     DistillLosses,
@@ -324,6 +325,10 @@ class Checkpointed:
         self.instances = int(sd["instances"])
 
     def save(self, path: str | Path) -> None:
+        """Write the checkpoint; raises :class:`~training.divergence.DivergenceError` (and
+        writes nothing) when a network's parameters hold NaN or inf."""
+        modules = {k: v for k, v in self._stateful().items() if isinstance(v, nn.Module)}
+        check_finite_parameters(modules, self.step_count)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -412,6 +417,9 @@ def _loop(trainer, paths, skip, logs, history_rows, bar, ckpt, checkpoint_every,
         if cfg.max_instances and trainer.instances >= cfg.max_instances:
             break
         m = trainer.step(batch)
+        # A NaN or inf loss (or gradient norm) stops the run at this step, before its
+        # checkpoint: the folder keeps the last good one and no train.json.
+        check_finite(watched(m), trainer.step_count)
         seen += int(batch.reward.shape[0])
         for k, v in m.items():
             logs[k].append(v)
@@ -444,7 +452,12 @@ def train(
 
     Drives any trainer with ``cfg`` (batch_size, sessions_per_chunk, epochs, max_instances,
     log_every, seed), ``side``, ``rng``, ``batch``, ``step``, ``save``/``load``,
-    ``step_count`` and ``instances`` (DRL-Rec's and HRL-Rec's).
+    ``step_count`` and ``instances`` (DRL-Rec's, HRL-Rec's, MMRF's).
+
+    Raises:
+        DivergenceError: (:mod:`training.divergence`) a step's ``losses/...`` or grad-norm
+            metric is NaN or inf; the loop stops at that step, writes no later checkpoint and
+            no ``train.json``.
     """
     from tqdm.auto import tqdm
 

@@ -49,6 +49,7 @@ from contract.features import DEFAULT_SPEC, FeatureSpec
 from training.data.features import Requests, SideTables, build_requests, candidate_ids
 from training.data.pipeline import Dataset, DatasetError
 from training.data.validate import check_dataset
+from training.divergence import EXIT_DIVERGED, DivergenceError
 from training.drl.batches import history, make_batch
 from training.drl.networks import QNetConfig, push
 from training.drl.train import Checkpointed, soft_update, stream_rng, train
@@ -759,11 +760,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DatasetError) as e:
         print(f"mmrf: {e}", file=sys.stderr)
         return 2
-    summary = run(
-        args.data, args.out, cfg, device=device, resume=args.resume,
-        progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
-        eval_split=None if args.eval_split == "none" else args.eval_split,
-    )  # fmt: skip
+    try:
+        summary = run(
+            args.data, args.out, cfg, device=device, resume=args.resume,
+            progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
+            eval_split=None if args.eval_split == "none" else args.eval_split,
+        )  # fmt: skip
+    except DivergenceError as e:  # a NaN/inf loss: the run stopped at that step
+        print(f"mmrf: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
     brief = {k: summary[k] for k in ("steps", "instances", "seconds", "instances_per_s")}
     brief["eval"] = summary.get("eval")
     print(json.dumps(brief, indent=2))
