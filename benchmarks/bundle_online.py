@@ -49,10 +49,9 @@ from training.bundles import load_drl_run, load_wide_deep
 from training.data.features import SideTables
 from training.data.pipeline import Dataset, code_version
 from training.drl.networks import param_count
-from training.drl.report import online_population
 from training.eval.online import OnlineResult, run_online
 from training.eval.policies import BundlePolicy, PointwisePolicy, QPolicy
-from training.harness.data import split_days
+from training.harness.data import online_population, split_days
 from training.sim.config import WorldConfig
 from training.sim.env import Feedback, Observation
 from training.sim.logging_policy import LoggingPolicy
@@ -202,7 +201,7 @@ def main() -> None:
     ds = Dataset.open(args.data)
     if Path(man.dataset.get("path", args.data)).resolve() != Path(args.data).resolve():
         print(f"note: the bundle was exported from {man.dataset.get('path')}, not {args.data}")
-    side = SideTables.from_tables(ds.users(), ds.items(), ds.spec)
+    side = SideTables.from_tables(ds.users(), ds.items())
 
     t0 = time.perf_counter()
     drl_run = _resolve(man.models["drl_student"].training.get("run"), "DRL-Rec run", args.drl_run)

@@ -340,3 +340,13 @@ def test_same_config_accepts_a_field_added_later_at_its_default():
     assert not same_config({"a": 1, "b": 3}, {"a": 1, "b": 2}, defaults)
     assert same_config({"m": [1, 2]}, {"m": (1, 2)}, {})  # JSON turns tuples into lists
     assert not same_config(None, {"a": 1}, defaults)
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("max_instances", "-1"), ("online_users", "-5"), ("n_explore", "0"), ("threads", "0"),
+     ("scale", "0"), ("scale", "-0.5")],
+)  # fmt: skip
+def test_report_config_refuses_out_of_range_values(key, value):
+    with pytest.raises(ConfigError, match=f"drl report {key}="):
+        report_preset("tiny").with_overrides({key: value})

@@ -267,6 +267,16 @@ def test_eval_config_overrides():
         eval_preset("huge")
 
 
+@pytest.mark.parametrize(
+    "key,value",
+    [("train_impressions", "-1"), ("batch_size", "0"), ("cap_min_ess_share", "0"),
+     ("cap_min_ess_share", "1.5"), ("temperatures", "0.5,-1"), ("lr", "0"), ("n_boot", "0")],
+)  # fmt: skip
+def test_eval_config_refuses_out_of_range_values(key, value):
+    with pytest.raises(ConfigError, match=f"eval config {key}="):
+        eval_preset("tiny").with_overrides({key: value})
+
+
 def test_sanity_checks_fail_the_command_unless_expected():
     from training.eval.baselines_claims import sanity_checks
     from training.harness.claims import failed_checks

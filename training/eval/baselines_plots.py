@@ -12,7 +12,7 @@ import numpy as np
 from training.eval.baselines_claims import ONLINE_METRICS
 from training.eval.baselines_run import EvalConfig
 from training.harness.arms import REFERENCE_ARMS
-from training.harness.render import chance_line, reference_line
+from training.harness.render import chance_line, pyplot, reference_line, save_figure
 
 __all__ = ["write_plots"]
 
@@ -20,10 +20,7 @@ __all__ = ["write_plots"]
 def write_plots(agg: Mapping[str, Any], cfg: EvalConfig, out: Path) -> dict[str, str]:
     """Write the four plots into ``out``; returns their file names by key (``acn``, ``auc``,
     ``relative``, ``ncis``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = {"acn": "online_acn.png", "auc": "offline_auc.png",
              "relative": "online_relative.png", "ncis": "ncis_vs_online.png"}  # fmt: skip
@@ -52,9 +49,7 @@ def write_plots(agg: Mapping[str, Any], cfg: EvalConfig, out: Path) -> dict[str,
     ax.set_xlabel("clicks per user (ACN), mean over seeds, 95% interval")
     ax.set_title(f"Online ACN per arm ({len(agg['seeds'])} seeds)")
     ax.set_xlim(0, float((means + err[1]).max()) * 1.15)
-    fig.tight_layout()
-    fig.savefig(out / names["acn"], dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / names["acn"])
 
     # AUC per model with std over seeds
     fig, ax = plt.subplots(figsize=(8, 3.8))
@@ -77,9 +72,7 @@ def write_plots(agg: Mapping[str, Any], cfg: EvalConfig, out: Path) -> dict[str,
     ax.set_xticks(x, models, rotation=30, ha="right")
     ax.set_ylabel("test click AUC (mean ± std over seeds)")
     ax.set_title("Offline click AUC per model")
-    fig.tight_layout()
-    fig.savefig(out / names["auc"], dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / names["auc"])
 
     # relative change vs logging for three headline metrics
     mets = ["clicks_per_user", "watch_time_per_session", "depth_per_session"]
@@ -98,9 +91,7 @@ def write_plots(agg: Mapping[str, Any], cfg: EvalConfig, out: Path) -> dict[str,
     ax.set_ylabel("% change vs logging (95% interval)")
     ax.set_title("Online: relative change vs the logging policy")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / names["relative"], dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / names["relative"])
 
     # NCIS vs online per policy
     pols = list(agg["ncis"])
@@ -117,7 +108,5 @@ def write_plots(agg: Mapping[str, Any], cfg: EvalConfig, out: Path) -> dict[str,
     ax.set_ylabel("clicks per request (95% interval)")
     ax.set_title("Off-policy NCIS vs the online value")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / names["ncis"], dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / names["ncis"])
     return names

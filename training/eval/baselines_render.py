@@ -25,7 +25,17 @@ from training.eval.baselines_run import EvalConfig
 from training.eval.samples import MMRF_WEIGHTS, WATCH_NORM_S
 from training.harness.claims import failed_checks
 from training.harness.data import world_fingerprint
-from training.harness.render import ci, compact, findings_section, mmss, num, pct, pm, status
+from training.harness.render import (
+    ci,
+    compact,
+    findings_section,
+    json_block,
+    mmss,
+    num,
+    pct,
+    pm,
+    status,
+)
 from training.harness.runfolder import write_text
 
 __all__ = ["build_report"]
@@ -315,14 +325,5 @@ def _ncis_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: EvalCon
 
 
 def _config_section(w: Callable[[str], None], cfg: EvalConfig, summaries: Sequence) -> None:
-    w("Evaluation config (`training.eval.baselines_run.EvalConfig`):")
-    w("")
-    w("```json")
-    w(json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
-    w("```")
-    w("")
-    w("World config (seed replaced per run):")
-    w("")
-    w("```json")
-    w(json.dumps(summaries[0]["world"], indent=1, sort_keys=True))
-    w("```")
+    json_block(w, "Evaluation config (`training.eval.baselines_run.EvalConfig`)", cfg.to_dict())
+    json_block(w, "World config (seed replaced per run)", summaries[0]["world"])

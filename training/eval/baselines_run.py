@@ -59,7 +59,17 @@ from training.eval.baselines_stages import (
     train_model,
 )
 from training.eval.slates import online_clicks_per_request
-from training.harness.config import apply_overrides, pick, world_pairs
+from training.harness.config import (
+    AT_LEAST_1,
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT_OPEN_BOTTOM,
+    Rule,
+    apply_overrides,
+    pick,
+    validate,
+    world_pairs,
+)
 from training.harness.data import (
     SIM_SOURCE,
     dataset_dir,
@@ -85,6 +95,18 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # configuration
 # --------------------------------------------------------------------------------------------
+
+
+#: What the numeric fields of :class:`EvalConfig` accept (checked at construction).
+EVAL_RULES: dict[str, Rule] = {
+    **dict.fromkeys(("train_impressions", "valid_impressions", "test_impressions",
+                     "online_users", "shortlist", "ncis_requests", "bc_negatives"),
+                    NON_NEGATIVE),
+    **dict.fromkeys(("max_epochs", "batch_size", "embed_dim", "n_boot", "threads"), AT_LEAST_1),
+    "cap_min_ess_share": UNIT_OPEN_BOTTOM,
+    "temperatures": POSITIVE,
+    "lr": POSITIVE,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -147,21 +169,9 @@ class EvalConfig:
         missing = [m for m in self.ncis_models if m not in self.models]
         if missing:
             raise ConfigError(f"eval config ncis_models: {missing} are not in models")
-        for key in ("train_impressions", "valid_impressions", "test_impressions",
-                    "online_users", "shortlist", "ncis_requests", "bc_negatives"):  # fmt: skip
-            if getattr(self, key) < 0:
-                raise ConfigError(f"eval config {key}={getattr(self, key)}: must be >= 0")
-        for key in ("max_epochs", "batch_size", "embed_dim", "n_boot", "threads"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"eval config {key}={getattr(self, key)}: must be >= 1")
-        if not 0 < self.cap_min_ess_share <= 1:
-            raise ConfigError(
-                f"eval config cap_min_ess_share={self.cap_min_ess_share}: must be in (0, 1]"
-            )
-        if not self.temperatures or min(self.temperatures) <= 0:
-            raise ConfigError(f"eval config temperatures={self.temperatures}: must be > 0")
-        if self.lr <= 0:
-            raise ConfigError(f"eval config lr={self.lr}: must be > 0")
+        if not self.temperatures:
+            raise ConfigError("eval config temperatures=(): need at least one")
+        validate(self, "eval config", EVAL_RULES)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -7,6 +7,7 @@ every series and a label on every reference line (:func:`reference_line`, :func:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -72,6 +73,13 @@ def ci(
     return f"{f(p['mean'])} [{f(p['low'])}, {f(p['high'])}]"
 
 
+def json_block(w: Any, title: str, obj: Any, indent: int | None = 1) -> None:
+    """``title:`` and then ``obj`` as a fenced JSON block (keys sorted), for config sections."""
+    for line in (f"{title}:", "", "```json", json.dumps(obj, indent=indent, sort_keys=True), "```"):
+        w(line)
+    w("")
+
+
 def mmss(sec: float) -> str:
     sec = float(sec)
     if sec >= 3600:
@@ -82,6 +90,23 @@ def mmss(sec: float) -> str:
 def status(s: str) -> str:
     bold = ("reproduced", "not reproduced", "holds", "violated", "PASS", "FAIL")
     return f"**{s}**" if s in bold else s
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (the reports write PNG files; no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Any) -> None:
+    """Lay out ``fig``, write it to ``path`` (PNG, 110 dpi) and close it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
 
 
 def reference_line(ax: Any, y: float, label: str, color: str = "grey", style: str = "--") -> None:

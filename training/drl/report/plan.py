@@ -9,7 +9,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from training.drl.train import DRLConfig
-from training.harness.config import apply_overrides, pick, world_pairs
+from training.harness.config import (
+    AT_LEAST_1,
+    NON_NEGATIVE,
+    POSITIVE,
+    Rule,
+    apply_overrides,
+    pick,
+    validate,
+    world_pairs,
+)
 from training.sim.config import ConfigError, WorldConfig, long_term_off, preset
 
 # --------------------------------------------------------------------------------------------
@@ -94,6 +103,16 @@ VERSION = 1
 # --------------------------------------------------------------------------------------------
 
 
+#: What the numeric fields of :class:`ReportConfig` accept (checked at construction).
+REPORT_RULES: dict[str, Rule] = {
+    **dict.fromkeys(("max_instances", "test_impressions", "online_users", "sweep_seeds"),
+                    NON_NEGATIVE),
+    **dict.fromkeys(("n_explore", "n_boot", "cost_requests", "cost_rounds", "threads",
+                     "pointwise_batch_size", "pointwise_embed_dim"), AT_LEAST_1),
+    "scale": POSITIVE,
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ReportConfig:
     """Budgets of the DRL-Rec report (one value per preset; ``key=value`` overridable)."""
@@ -145,15 +164,7 @@ class ReportConfig:
     """torch intra-op threads."""
 
     def __post_init__(self) -> None:
-        for key in ("max_instances", "test_impressions", "online_users", "sweep_seeds"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"drl report {key}={getattr(self, key)}: must be >= 0")
-        for key in ("n_explore", "n_boot", "cost_requests", "cost_rounds", "threads",
-                    "pointwise_batch_size", "pointwise_embed_dim"):  # fmt: skip
-            if getattr(self, key) < 1:
-                raise ConfigError(f"drl report {key}={getattr(self, key)}: must be >= 1")
-        if not self.scale > 0:
-            raise ConfigError(f"drl report scale={self.scale}: must be > 0")
+        validate(self, "drl report", REPORT_RULES)
         preset(self.world_preset)
 
     @property

@@ -13,10 +13,7 @@ from training.drl.report.plan import (
     ABLATIONS,
     ReportConfig,
 )
-from training.harness.render import (
-    chance_line,
-    reference_line,
-)
+from training.harness.render import chance_line, pyplot, reference_line, save_figure
 
 # --------------------------------------------------------------------------------------------
 # formatting
@@ -31,10 +28,7 @@ def _chance_if_visible(ax: Any) -> None:
 
 
 def write_plots(agg: Mapping[str, Any], cfg: ReportConfig, out: Path) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names: dict[str, str] = {}
     # ---- ablations ----
@@ -57,10 +51,8 @@ def write_plots(agg: Mapping[str, Any], cfg: ReportConfig, out: Path) -> dict[st
         ax.set_xticks(x, [t for _, t in rows], rotation=25, ha="right")
         ax.set_ylabel("student test AUC (mean ± std over seeds)")
         ax.set_title("Table 4 analogue: ablations of DRL-Rec")
-        fig.tight_layout()
         names["ablations"] = "ablations.png"
-        fig.savefig(out / names["ablations"], dpi=110)
-        plt.close(fig)
+        save_figure(fig, out / names["ablations"])
 
     def line(ax: Any, rows: list[dict], xs: list[float], label_x: str, title: str) -> None:
         st = np.array([r["student"][0] for r in rows], dtype=float)
@@ -91,10 +83,8 @@ def write_plots(agg: Mapping[str, Any], cfg: ReportConfig, out: Path) -> dict[st
     line(ax, rows_c, [100 * r["value"] for r in rows_c], "compression rate (student / teacher, %)",
          "Fig. 4a analogue: AUC vs compression rate")  # fmt: skip
     ax.invert_xaxis()
-    fig.tight_layout()
     names["fig4a"] = "fig4a_compression.png"
-    fig.savefig(out / names["fig4a"], dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / names["fig4a"])
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     rows_k = sw["n_filtered"]
@@ -106,8 +96,6 @@ def write_plots(agg: Mapping[str, Any], cfg: ReportConfig, out: Path) -> dict[st
          "AUC vs input candidates")  # fmt: skip
     a2.set_xscale("log")
     a2.set_xticks([r["value"] for r in rows_e], [str(r["value"]) for r in rows_e])
-    fig.tight_layout()
     names["fig4b"] = "fig4b_filtered.png"
-    fig.savefig(out / names["fig4b"], dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / names["fig4b"])
     return names

@@ -42,6 +42,7 @@ from training.harness.data import world_fingerprint
 from training.harness.render import (
     ci,
     findings_section,
+    json_block,
     num,
     pm,
     status,
@@ -172,22 +173,10 @@ def build_report(
     timing_section(w, agg, cfg, seeds, wall_seconds)
     w("## Configuration")
     w("")
-    w("Report config:")
-    w("")
-    w("```json")
-    w(json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
-    w("```")
-    w("")
-    w("DRL-Rec base config (seed 0; each run overrides one field):")
-    w("")
-    w("```json")
-    w(json.dumps(dataclasses.asdict(cfg.drl_config(0)), sort_keys=True))
-    w("```")
-    w("")
-    try:
-        hrl = json.dumps(dataclasses.asdict(cfg.hrl_config(0)), sort_keys=True)
-    except ImportError as e:  # training/drl/hrl.py is not importable: report the rest
-        hrl = f"unavailable ({e})"
+    json_block(w, "Report config", cfg.to_dict())
+    json_block(w, "DRL-Rec base config (seed 0; each run overrides one field)",
+               dataclasses.asdict(cfg.drl_config(0)), indent=None)  # fmt: skip
+    hrl = json.dumps(dataclasses.asdict(cfg.hrl_config(0)), sort_keys=True)
     w(f"HRL-Rec config: `{hrl}`")
     w("")
     w("Runs per seed: " + "; ".join(f"seed {s}: {len(plan[s])}" for s in seeds)
