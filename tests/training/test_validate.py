@@ -493,3 +493,16 @@ def test_check_dataset_raises_one_line_with_the_count(tmp_path: Path) -> None:
     msg = str(e.value)
     assert "\n" not in msg and "(and 1 more: `ranker validate" in msg
     assert Dataset.open(root)  # the folder itself opens: only validation refuses it
+
+
+def test_a_report_refuses_a_reused_dataset_that_was_edited(tmp_path: Path) -> None:
+    from training.harness.data import ensure_dataset
+    from training.sim.config import preset
+
+    cfg = preset("tiny").with_overrides({"n_users": 30, "n_days": 3})
+    path = tmp_path / "world"
+    ensure_dataset(path, cfg, "tiny", False, lambda _: None)  # generated
+    ensure_dataset(path, cfg, "tiny", False, lambda _: None)  # reused, checked
+    rewrite(path / "items.parquet", lambda t: t.drop_columns(["tag"]))
+    with pytest.raises(DatasetValidationError, match=r"items.parquet: column 'tag': missing"):
+        ensure_dataset(path, cfg, "tiny", False, lambda _: None)

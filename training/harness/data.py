@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from training.data.features import Requests, SideTables, build_requests
 from training.data.pipeline import Dataset, code_version
+from training.data.validate import check_dataset
 from training.harness.runfolder import read_json, write_json
 from training.sim.config import ConfigError, WorldConfig
 
@@ -102,6 +103,8 @@ def ensure_dataset(
     A dataset made here carries ``sim_source.json`` (simulator source hash and world
     fingerprint); one made by other simulator code is regenerated. A dataset without the file
     (e.g. from ``ranker simulate``) is reused when its world matches; its source is unknown.
+    A reused dataset is validated first (:func:`training.data.validate.check_dataset`: raises
+    its DatasetValidationError), as every trainer's input is.
     """
     from training.sim.generate import generate_dataset
 
@@ -114,6 +117,7 @@ def ensure_dataset(
             )
         src = read_json(side)["sim_source"] if side.exists() else None
         if src is None or src == SIM_SOURCE:
+            check_dataset(path)  # a dataset on disk may have been edited: check before training
             log(f"reuse dataset {path} (simulator source {src or 'unknown'})")
             return ds, {"generated": False, "seconds": ds.meta.get("seconds"), "sim_source": src}
         log(f"dataset {path} was made by simulator source {src}, not {SIM_SOURCE}: regenerate")
