@@ -429,3 +429,26 @@ def test_non_finite_loss_stops_training_at_its_step(name):
     assert f"{type(model).__name__} diverged at step {step}: non-finite weighted_bce=" in str(
         e.value
     )
+
+
+def test_report_configs_refuse_batch_size_one_for_batch_norm_models(tmp_path, capsys):
+    from training.cli import main
+    from training.drl.report.plan import ReportConfig
+    from training.eval.baselines_run import EVAL_PRESETS
+    from training.sim.config import ConfigError
+
+    tiny = EVAL_PRESETS["tiny"]
+    with pytest.raises(ConfigError, match="batch_size=1: nfm, afn use batch norm"):
+        tiny.with_overrides({"batch_size": "1"})
+    # without a batch-norm model, one row per step is allowed
+    assert tiny.with_overrides({"batch_size": "1", "models": "fm,deepfm"}).batch_size == 1
+    assert tiny.with_overrides({"batch_size": "2"}).batch_size == 2
+    with pytest.raises(ConfigError, match="pointwise_batch_size=1: nfm, afn use batch norm"):
+        dataclasses.replace(ReportConfig(), pointwise_batch_size=1)
+    for argv in (["report", "--budget", "batch_size=1"],
+                 ["drl-report", "--budget", "pointwise_batch_size=1"]):  # fmt: skip
+        out = tmp_path / argv[0]
+        assert main([*argv, "--preset", "tiny", "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "use batch norm" in err
+        assert not out.exists()

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from training.baselines.pointwise import uses_batch_norm
 from training.data.features import SideTables
 from training.data.pipeline import code_version
 from training.eval.baselines_stages import (
@@ -172,6 +173,10 @@ class EvalConfig:
         if not self.temperatures:
             raise ConfigError("eval config temperatures=(): need at least one")
         validate(self, "eval config", EVAL_RULES)
+        bn = [m for m in self.models if uses_batch_norm(ALL_MODELS[m][0])]
+        if bn and self.batch_size < 2:
+            raise ConfigError(f"eval config batch_size={self.batch_size}: {', '.join(bn)} use "
+                              "batch norm and train on batches of at least 2 rows")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from training.baselines.pointwise import uses_batch_norm
 from training.drl.train import DRLConfig
 from training.harness.config import (
     AT_LEAST_1,
@@ -165,6 +166,11 @@ class ReportConfig:
 
     def __post_init__(self) -> None:
         validate(self, "drl report", REPORT_RULES)
+        bn = [m for m in POINTWISE if uses_batch_norm(m)]
+        if bn and self.pointwise_batch_size < 2:
+            raise ConfigError(f"drl report pointwise_batch_size={self.pointwise_batch_size}: "
+                              f"{', '.join(bn)} use batch norm and train on batches of at least "
+                              "2 rows")  # fmt: skip
         preset(self.world_preset)
 
     @property
