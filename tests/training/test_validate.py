@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from contract.features import DEFAULT_SPEC, FeatureSpec, Field
+from contract.features import DEFAULT_SPEC, Field, extend_spec
 from contract.schema import FEEDBACK, Problem
 from tests.training.log_rows import Req, log_rows, side_tables
 from training import cli
@@ -318,6 +318,15 @@ def test_an_empty_side_table_is_refused(tmp_path: Path, table: str) -> None:
     assert len(p) == 1 and p[0].problem.startswith("empty"), lines(r)
 
 
+def test_nulls_in_contract_columns_and_ids_are_refused(tmp_path: Path) -> None:
+    root = build(tmp_path, visit(1, T0))
+    tags = pa.array([5, None] + [5] * (len(ITEMS) - 2), pa.int64())
+    rewrite(root / "items.parquet", lambda t: t.set_column(t.schema.get_field_index("tag"),
+                                                           "tag", tags))  # fmt: skip
+    p = the_problem(validate_dataset(root), "tag")
+    assert (p.row, p.problem) == (1, "1 null values (the first here)")
+
+
 def test_side_table_missing_file_repeated_id_and_profile_column(tmp_path: Path) -> None:
     root = build(tmp_path, visit(1, T0))
     rewrite(root / "users.parquet", lambda t: t.drop_columns(["u_seg_b"]))
@@ -332,15 +341,19 @@ def test_side_table_missing_file_repeated_id_and_profile_column(tmp_path: Path) 
 
 
 def test_required_columns_come_from_the_declared_feature_spec(tmp_path: Path) -> None:
-    spec = FeatureSpec(DEFAULT_SPEC.fields + (Field("genre", "item", 8),))
+    spec = extend_spec(DEFAULT_SPEC, [Field("genre", "item", 8)])
     root = build(tmp_path, visit(1, T0), meta={"feature_spec": spec.to_dict()})
     p = the_problem(validate_dataset(root), "genre")
     assert p.source == str(root / "items.parquet") and "field 'genre'" in p.problem
-    rewrite(root / "items.parquet", lambda t: t.append_column("genre", pa.array([1] * t.num_rows)))
+    genre = pa.array([None] + [1] * (len(ITEMS) - 1), pa.int64())  # a missing value: id 0
+    rewrite(root / "items.parquet", lambda t: t.append_column("genre", genre))
     assert validate_dataset(root).ok
     meta = json.loads((root / DATASET_FILE).read_text())
     meta["feature_spec"] = {"fields": "no"}
     (root / DATASET_FILE).write_text(json.dumps(meta))
+    assert "not a feature spec" in the_problem(validate_dataset(root), "feature_spec").problem
+    meta["feature_spec"] = {**spec.to_dict(), "fields": spec.to_dict()["fields"][::-1]}
+    (root / DATASET_FILE).write_text(json.dumps(meta))  # list fields first: no model reads it
     assert "not a feature spec" in the_problem(validate_dataset(root), "feature_spec").problem
 
 

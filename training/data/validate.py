@@ -60,7 +60,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from contract.features import DEFAULT_SPEC, FeatureSpec
+from contract.features import (
+    DEFAULT_SPEC,
+    FeatureSpec,
+    check_standard_layout,
+    side_table_columns,
+)
 from contract.schema import (
     FEEDBACK,
     ITEM_TABLE_SCHEMA,
@@ -87,8 +92,6 @@ DEFAULT_MAX_MISSING_SHARE = 0.01
 REQUIRED_KEYS: dict[str, type] = {"source": str, "shards": list, "split": dict, "counts": dict}
 #: Keys every entry of ``shards`` must have.
 SHARD_KEYS = ("file", "day", "rows")
-#: Items-table columns the list fields read (same tag / same author in the list).
-LIST_ITEM_COLUMNS = ("tag", "author_raw")
 #: Problem lines kept at most (the rest are counted).
 MAX_PROBLEMS = 50
 
@@ -327,26 +330,25 @@ def declarations(meta: dict[str, Any], src: str) -> tuple[Declarations, list[Pro
     if "feature_spec" in meta:
         try:
             spec = FeatureSpec.from_dict(meta["feature_spec"])
+            check_standard_layout(spec)
         except (ValueError, TypeError, AttributeError) as e:
-            out.append(Problem(src, "feature_spec", f"not a feature spec ({e})"))
+            out.append(Problem(src, "feature_spec", f"not a feature spec the trainers read ({e})"))
+            spec = DEFAULT_SPEC
     users, items = required_columns(spec)
     decl = Declarations(slots, tuple(aspects), list_size, users, items, spec == DEFAULT_SPEC)
     return decl, out
 
 
 def required_columns(spec: FeatureSpec) -> tuple[dict[str, str], dict[str, str]]:
-    """Columns of the users and items tables the featurisation reads, each with its reader:
-    the id columns, the sources of the spec's user and item fields, and the list fields'
-    :data:`LIST_ITEM_COLUMNS`."""
-    users = {"user_id": "the user lookup"}
-    items = {"item_id": "the item lookup"}
-    for f in spec.group("user"):
-        users.setdefault(f.source, f"field {f.name!r}")
-    for f in spec.group("item"):
-        items.setdefault(f.source, f"field {f.name!r}")
-    for c in LIST_ITEM_COLUMNS:
-        items.setdefault(c, "the list fields")
-    return users, items
+    """Columns of the users and items tables the featurisation reads
+    (:func:`contract.features.side_table_columns`), each with who reads it: the id lookup, a
+    field of the spec, or the list fields (``tag``, ``author_raw``)."""
+    readers: dict[str, str] = {"user_id": "the user lookup", "item_id": "the item lookup"}
+    readers |= dict.fromkeys(("tag", "author_raw"), "the list fields")
+    for f in spec.fields:
+        readers.setdefault(f.source, f"field {f.name!r}")
+    users, items = side_table_columns(spec)
+    return {c: readers[c] for c in users}, {c: readers[c] for c in items}
 
 
 # ------------------------------------------------------------------------------------------
