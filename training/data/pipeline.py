@@ -16,6 +16,17 @@ A dataset is a folder::
                                rows grouped by session, sessions in time order; a shard never
                                holds two days, so a split is a list of shards.
 
+What the readers assume of the shards (and :func:`training.data.validate.validate_dataset`
+checks, before any trainer starts): the rows of a session are contiguous and lie in one
+shard (:func:`iter_session_batches` cuts sessions where the session id changes and ends every
+session at its shard's end: a session that comes back later, or continues in the next shard,
+would be read as two, each restarting its depth and click counters); a session is one user's
+and its rows are in time order; a request's rows are together (one ``(session_id,
+request_index)`` and one request id) and requests follow in increasing ``request_index``, the
+order :func:`training.data.features.build_requests` counts the session's history in; the
+shown positions of a request are distinct, and ``0..n-1`` unless dataset.json declares
+``"slots": "as_logged"`` (the featurisation reads the logged position either way).
+
 Writing is atomic at two levels: each shard is written to a temporary name and renamed, and
 the whole dataset is built in ``<name>.partial-<pid>`` and renamed to ``<name>`` only when it
 is complete. A crash leaves no half-written dataset under the final name.
@@ -327,6 +338,10 @@ def iter_session_batches(
     Shards are read ``read_rows`` rows at a time; a session cut by a read boundary is carried
     to the next chunk, so every yielded table holds complete sessions (about
     ``sessions_per_batch`` of them; the last may hold fewer). Row order is kept.
+
+    Assumes each session's rows are contiguous in one shard (module docstring; checked by
+    :func:`training.data.validate.validate_dataset`, not here): otherwise a session is
+    yielded in pieces.
     """
     if sessions_per_batch < 1:
         raise ValueError(f"sessions_per_batch={sessions_per_batch} must be >= 1")
