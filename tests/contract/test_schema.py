@@ -21,6 +21,7 @@ from contract.schema import (
     LogValidationError,
     check_columns,
     empty_log_table,
+    log_table_problems,
     validate_log_file,
     validate_log_table,
 )
@@ -191,6 +192,36 @@ def test_non_impressions_may_repeat_minus_one() -> None:
     pos = np.array(log_columns()["position"])
     assert (pos == -1).sum() > 2
     validate_log_table(log_table())
+
+
+def test_every_problem_is_returned_with_its_row_and_value() -> None:
+    t = log_table(propensity=(2, 0.5), like=(0, 2), item_id=(5, 1010))
+    problems = log_table_problems(t, "s", row_offset=100)
+    got = [(p.column, p.row, p.value) for p in problems]
+    assert got == [("propensity", 102, None), ("like", 100, 2), ("item_id", 105, 1010)]
+    assert str(problems[1]) == "s: column 'like': row 100: value 2: not in {0, 1}"
+    with pytest.raises(LogValidationError) as e:
+        validate_log_table(t, "s")
+    assert e.value.problems[0].row == 2 and len(e.value.problems) == 3
+    assert str(e.value) == str(e.value.problems[0])
+
+
+def test_aspects_declared_absent_must_be_null_everywhere() -> None:
+    absent = ("like", "watch_time")
+    cols = log_columns()
+    for name in absent:
+        cols[name] = [None] * len(cols[name])
+    t = pa.table(cols, schema=LOG_SCHEMA)
+    present = [a for a in FEEDBACK if a not in absent]
+    validate_log_table(t, aspects=present)
+    with pytest.raises(LogValidationError) as e:  # absent, yet not declared so
+        validate_log_table(t, "s")
+    assert_names(e, "s", "like", "row 0", "must be set exactly on impressions")
+    with pytest.raises(LogValidationError) as e:  # declared absent, yet set
+        validate_log_table(log_table(), "s", aspects=present)
+    assert_names(e, "s", "like", "row 0", "value 0", "declares this aspect absent")
+    with pytest.raises(ValueError, match="clicks"):
+        log_table_problems(t, aspects=["clicks"])
 
 
 # ------------------------------------------------------------------------------------------
