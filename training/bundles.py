@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from contract.bundle import BundleError
 from contract.features import DEFAULT_SPEC, FeatureSpec
 from contract.schema import FEEDBACK
 from training.baselines.pointwise import WideDeep, predict, seeded_build_model, train_pointwise
@@ -91,11 +92,15 @@ def load_mmrf_run(run: str | Path) -> tuple[MMRFConfig, MultiAgentActorCritic, d
     (the spec that sized the networks) are the checkpoint's.
 
     Raises FileNotFoundError when the folder has no finished run (``checkpoint.pt`` and
-    ``train.json``)."""
+    ``train.json``), BundleError for a run of a baseline (Pareto, TSCAC, MASSA: other
+    networks than the actor graphs export)."""
     sd, summary = _finished_run(Path(run), "MMRF")
     cfg_d: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
                              for k, v in sd["cfg"].items()}  # fmt: skip
     cfg = MMRFConfig(**cfg_d)
+    if cfg.algorithm != "mmrf":
+        raise BundleError(f"{run} is a {cfg.algorithm} baseline run; only MMRF runs (and its "
+                          "ablations) export as mmrf_watchtime")  # fmt: skip
     spec = checkpoint_spec(sd)
     net = MultiAgentActorCritic(cfg.net(spec))
     net.load_state_dict(sd["net"])

@@ -137,6 +137,66 @@ def _cmd_drl_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finished_run(out: Path, cfg: object, resume: bool) -> bool:
+    """``--resume`` into a run folder: True (and says so) when ``out`` is a finished run of
+    ``cfg``; a finished run or a checkpoint of another config is refused (ConfigError). The
+    rule of drl-train's block, for mmrf-train."""
+    import dataclasses
+
+    from training.harness.runfolder import jsonable, read_json
+
+    want = jsonable(dataclasses.asdict(cfg))  # type: ignore[call-overload]
+    done = out / "train.json"
+    if resume and done.exists():
+        info = read_json(done)
+        if info.get("config") != want:
+            raise ConfigError(f"{out} is a finished run of another config; choose another --out")
+        print(f"{out} is a finished run ({info['instances']:,} instances, {info['steps']:,} "
+              "steps); nothing to resume, nothing changed")  # fmt: skip
+        return True
+    if resume and (out / "checkpoint.pt").exists():
+        import torch
+
+        have = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+        if jsonable(have.get("cfg")) != want:
+            raise ConfigError(f"{out}/checkpoint.pt is of another config; choose another --out")
+    return False
+
+
+def _cmd_mmrf_train(args: argparse.Namespace) -> int:
+    """MMRF, its ablations and the multi-agent baselines (training.mmrf.train.run): the run
+    folder rules of drl-train (refuse an existing one, --resume, --overwrite)."""
+    from training.harness.config import check_device
+    from training.harness.runfolder import output_folder
+    from training.mmrf.train import build_config, run
+
+    cfg = build_config(args.variant, args.set or [])
+    device = check_device(args.device)
+    if args.checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint-every {args.checkpoint_every}: must be >= 1")
+    validate.check_dataset(args.data)  # a bad dataset fails before anything is written
+    out = Path(args.out)
+    if _finished_run(out, cfg, args.resume):
+        return 0
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    with output_folder(out, resume=args.resume, overwrite=args.overwrite, what="run folder",
+                       resumable=lambda p: (p / "checkpoint.pt").exists()):  # fmt: skip
+        s = run(args.data, out, cfg, device=device, resume=args.resume,
+                progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
+                eval_split=None if args.eval_split == "none" else args.eval_split)  # fmt: skip
+    msg = f"trained {s['instances']:,} instances in {s['seconds']} s ({s['instances_per_s']}/s)"
+    e = s.get("eval") or {}
+    if e.get("main_gauc_click") is not None:
+        msg += f"; {s['eval_split']} GAUC click {e['main_gauc_click']:.4f}"
+    if e.get("main_corr_watch_time") is not None:
+        msg += f", watch-time correlation {e['main_corr_watch_time']:.4f}"
+    print(msg)
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     if not 0.0 <= args.max_missing_share <= 1.0:
         raise ConfigError(f"--max-missing-share {args.max_missing_share} must be in [0, 1]")
@@ -240,6 +300,9 @@ def _print_bundle(out: str, m: dict) -> None:
 DRL_REPORT_GROUPS = ("main", "ablations", "sweeps", "hrl", "pointwise", "control", "online", "cost",
                      "tau", "horizon", "ceiling")  # fmt: skip
 PRESETS_HELP = "tiny | default | large (default: tiny)"
+#: ``mmrf-train --variant`` values (training.mmrf.train.VARIANTS; a test keeps them equal,
+#: listed here so that ``--help`` does not import torch).
+MMRF_VARIANTS = ("mmrf", "mmrf-co", "mmrf-da", "mmrf-ns", "pareto", "tscac", "massa")
 
 
 def _add_folder_flags(p: argparse.ArgumentParser, what: str, resume: str) -> None:
@@ -344,6 +407,28 @@ def build_parser() -> argparse.ArgumentParser:
                       "reported and left unchanged")  # fmt: skip
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     _COMMANDS["drl-train"] = _cmd_drl_train
+
+    mt = sub.add_parser("mmrf-train", help="train MMRF, an ablation, or Pareto / TSCAC / MASSA")
+    mt.add_argument("--data", required=True, help="dataset folder (from simulate or kuairand)")
+    mt.add_argument("--out", required=True, help="run folder to create (checkpoint.pt, "
+                    "reward_scale.json, train.json)")  # fmt: skip
+    mt.add_argument("--variant", default="mmrf", choices=MMRF_VARIANTS,
+                    help="mmrf; ablations mmrf-co, mmrf-da, mmrf-ns; baselines pareto, tscac, "
+                    "massa (default: mmrf)")  # fmt: skip
+    mt.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override an MMRFConfig field, e.g. max_instances=20000 or "
+                    "tscac_stage1_steps=200 (checked before any work)")  # fmt: skip
+    mt.add_argument("--device", default="cpu", help="cpu, cuda, cuda:<i> or mps (default: cpu)")
+    mt.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads (0: torch's default)")  # fmt: skip
+    mt.add_argument("--checkpoint-every", type=int, default=500,
+                    help="steps between checkpoints (default: 500)")  # fmt: skip
+    mt.add_argument("--eval-split", default="valid", choices=("train", "valid", "test", "none"),
+                    help="split of the offline figures in train.json (default: valid)")  # fmt: skip
+    _add_folder_flags(mt, "run folder", "continue from its checkpoint.pt; a finished run is "
+                      "reported and left unchanged")  # fmt: skip
+    mt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _COMMANDS["mmrf-train"] = _cmd_mmrf_train
 
     v = sub.add_parser(
         "validate",

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from contract.bundle import BundleError
+from training.bundles import load_mmrf_run
 from training.drl.batches import request_order
 from training.mmrf.baselines import (
     IndependentAgents,
@@ -218,6 +220,8 @@ def test_each_baseline_trains_on_the_tiny_world_and_ranks_valid_slates(
     tr.load_state_dict(ckpt)
     if variant == "pareto":
         np.testing.assert_allclose(tr.net.mix.numpy(), summary["pareto"]["mix"], rtol=1e-6)
+    with pytest.raises(BundleError, match="baseline run"):  # not exported as mmrf_watchtime
+        load_mmrf_run(out)
     world = build_world(preset("tiny"))
     seen = []
 
@@ -243,3 +247,50 @@ def test_baseline_variants_refuse_a_clashing_setting(data, tmp_path, capsys):
     assert main([*argv, "--set", "algorithm=bogus"]) == 2
     assert "algorithm" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+# ---- ranker mmrf-train: drl-train's options and run-folder rules ----
+
+
+def test_ranker_mmrf_train_variants_are_the_trainers():
+    from training.cli import MMRF_VARIANTS
+    from training.mmrf.train import VARIANTS
+
+    assert set(MMRF_VARIANTS) == set(VARIANTS)
+
+
+def test_ranker_mmrf_train_keeps_run_folders_safe(data, tmp_path, capsys):
+    import hashlib
+
+    from training.cli import main as ranker
+
+    def digest(folder):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+    sets = ["batch_size=32", "d_r=4", "gru_hidden=8", "memory=4", "agent_dim=8", "heads=2",
+            "action_dim=4", "actor_hidden=8", "critic_mlp=8", "sessions_per_chunk=32",
+            "max_instances=64", "tscac_stage1_steps=1"]  # fmt: skip
+    out = tmp_path / "run"
+    args = ["mmrf-train", "--data", str(data[0].root), "--out", str(out), "--variant", "tscac",
+            "--no-progress", "--threads", "1",
+            *[x for s in sets for x in ("--set", s)]]  # fmt: skip
+    assert ranker(args) == 0
+    assert "trained 64 instances" in capsys.readouterr().out
+    first = digest(out)
+    assert {"checkpoint.pt", "train.json", "reward_scale.json"} <= set(first)
+    assert ranker(args) == 2  # an existing run: refused, unchanged
+    assert "--resume" in capsys.readouterr().err and digest(out) == first
+    assert ranker([*args, "--resume"]) == 0  # finished: reported, nothing rewritten
+    assert "finished run" in capsys.readouterr().out and digest(out) == first
+    assert ranker([*args, "--set", "max_instances=96", "--resume"]) == 2  # another config
+    assert "another config" in capsys.readouterr().err and digest(out) == first
+    bad = tmp_path / "bad"
+    base = ["mmrf-train", "--data", str(data[0].root), "--out", str(bad), "--no-progress"]
+    refused = ((["--set", "gamma=1.5"], "gamma"), (["--set", "nope=1"], "nope"),
+               (["--device", "cuda:7"], "cuda"), (["--checkpoint-every", "0"], "checkpoint-every"),
+               (["--variant", "massa", "--set", "algorithm=mmrf"], "algorithm"))  # fmt: skip
+    for extra, word in refused:
+        assert ranker([*base, *extra]) == 2, extra
+        assert word in capsys.readouterr().err, extra
+    assert not bad.exists()
