@@ -503,12 +503,21 @@ def test_drl_train_refuses_a_bad_dataset_in_one_line_before_writing(
     assert not out.exists()
 
 
-def test_mmrf_train_refuses_a_bad_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    from training.mmrf.train import main
+@pytest.mark.parametrize("trainer", ["mmrf", "ltr"])
+def test_other_trainers_refuse_a_bad_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], trainer: str
+) -> None:
+    if trainer == "mmrf":
+        from training.mmrf.train import main
 
+        extra = ["--no-progress"]
+    else:
+        from training.baselines.ltr import main
+
+        extra = []
     root = build(tmp_path, visit(1, T0))
     retype(shard(root, 2), {"arm": pa.large_string()})
-    assert main(["--data", str(root), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert main(["--data", str(root), "--out", str(tmp_path / "run"), *extra]) == 2
     err = capsys.readouterr().err
     assert str(shard(root, 2)) in err and "column 'arm'" in err
     assert not (tmp_path / "run").exists()

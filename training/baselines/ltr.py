@@ -47,6 +47,7 @@ from contract.features import DEFAULT_SPEC, FeatureSpec
 from contract.schema import FEEDBACK
 from training.data.features import SideTables, build_requests
 from training.data.pipeline import Dataset, DatasetError
+from training.data.validate import check_dataset
 from training.eval.policies import PointwisePolicy, _SlotRanker
 from training.harness.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Rule, apply_overrides
 from training.harness.data import read_share, sample_fraction, split_impressions
@@ -429,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = LTRConfig().with_overrides(**parse_overrides(args.set))
-        Dataset.open(args.data)
+        check_dataset(args.data)  # the whole dataset, as every trainer checks it at start
         with output_folder(args.out, overwrite=args.overwrite, what="run folder"):
             s = run(
                 args.data, args.out, cfg, None if args.eval_split == "none" else args.eval_split

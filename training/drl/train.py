@@ -53,7 +53,7 @@ from torch import nn
 
 from contract.features import DEFAULT_SPEC, FeatureSpec
 from training.data.features import Requests, SideTables, build_requests
-from training.data.pipeline import Dataset, iter_session_batches, shard_for_rank
+from training.data.pipeline import Dataset, DatasetError, iter_session_batches, shard_for_rank
 from training.divergence import check_finite, check_finite_parameters, watched
 from training.drl.batches import Batch, history, make_batch, next_buffer, request_order
 from training.drl.losses import (
@@ -309,11 +309,11 @@ class Checkpointed:
         return sd
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        """Raises ValueError when the checkpoint was trained with another feature spec
-        (a checkpoint without one was trained with ``DEFAULT_SPEC``)."""
+        """Raises DatasetError (a ValueError) when the checkpoint was trained with another
+        feature spec than the side tables' (a checkpoint without one: ``DEFAULT_SPEC``)."""
         saved = checkpoint_spec(sd)
         if saved != self.side.spec:
-            raise ValueError(
+            raise DatasetError(
                 "the checkpoint was trained with another feature spec than this dataset's "
                 f"({saved.n_fields} fields {saved.names()[:3]}..., this one "
                 f"{self.side.spec.n_fields})"
