@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -75,8 +76,12 @@ def test_lambdarank_trains_on_graded_watch_time_and_reloads(model, tmp_path):
     again = LTRModel.load(tmp_path / "ltr")
     np.testing.assert_array_equal(again.score(train.x[:500]), s[:500])
     np.testing.assert_array_equal(again.edges, m.edges)
+    assert again.spec == m.spec == DEFAULT_SPEC
     with pytest.raises(ValueError):
         m.score(train.x[:, :10])
+    short = dataclasses.replace(train, x=train.x[:, :10])
+    with pytest.raises(ValueError, match="fields"):
+        train_ltr(short, None, FAST, list_size=10)
 
 
 def test_ltr_policy_ranks_valid_slates_online_by_its_scores(model, tiny_data):

@@ -9,9 +9,10 @@ on the logged impressions and exposes it as scores (offline GAUC, NCIS) and, thr
   compares the items of one list with each other). Non-impressed candidates have no
   feedback and are left out. A request whose items share one grade adds no pair and so no
   gradient.
-- Features. The 22 field ids of each impression, the same featurisation as the point-wise
-  baselines (:func:`training.data.features.build_requests`' ``imp_ids``: user, context, item
-  and the list fields at the logged slot given the logged prefix). Fields of kind ``hash``,
+- Features. The field ids of each impression (22 with the default spec; the dataset's spec
+  otherwise), the same featurisation as the point-wise baselines
+  (:func:`training.data.features.build_requests`' ``imp_ids``: user, context, item and the
+  list fields at the logged slot given the logged prefix). Fields of kind ``hash``,
   ``vocab`` and ``category`` are declared categorical to LightGBM (unordered codes); the
   others (``bucket``, ``count``, ``hour``) are ordered and enter as numbers
   (:func:`categorical_fields`). At serving time the policy recomputes the list fields slot
@@ -206,19 +207,23 @@ def read_groups(ds: Dataset, split: str, side: SideTables, budget: int, seed: in
 
 # --- the model ------------------------------------------------------------------------------
 class LTRModel:
-    """A trained lambdarank booster with its grading; ``score(x (N, 22)) -> (N,)``."""
+    """A trained lambdarank booster with its grading and feature spec; ``score(x (N, F))
+    -> (N,)`` with ``F`` the spec's field count (22 for the default spec)."""
 
-    def __init__(self, booster: Any, edges: np.ndarray, cfg: LTRConfig, info: dict[str, Any]):
+    def __init__(self, booster: Any, edges: np.ndarray, cfg: LTRConfig, info: dict[str, Any],
+                 spec: FeatureSpec = DEFAULT_SPEC):  # fmt: skip
         self.booster = booster
         self.edges = np.asarray(edges, dtype=np.float64)
         self.cfg = cfg
         self.info = info
+        self.spec = spec
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        """Ranking scores (higher first) of impressions' field ids ``(N, 22)``: ``(N,)`` float64."""
+        """Ranking scores (higher first) of impressions' field ids ``(N, F)``: ``(N,)``
+        float64. Raises ValueError for another number of fields than the spec's."""
         x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != DEFAULT_SPEC.n_fields:
-            raise ValueError(f"x {x.shape}: expected (N, {DEFAULT_SPEC.n_fields}) field ids")
+        if x.ndim != 2 or x.shape[1] != self.spec.n_fields:
+            raise ValueError(f"x {x.shape}: expected (N, {self.spec.n_fields}) field ids")
         if x.shape[0] == 0:
             return np.zeros(0)
         it = self.booster.best_iteration or None
@@ -230,7 +235,7 @@ class LTRModel:
         folder.mkdir(parents=True, exist_ok=True)
         self.booster.save_model(str(folder / "model.txt"))
         meta = {"edges": self.edges.tolist(), "config": dataclasses.asdict(self.cfg),
-                "info": self.info}  # fmt: skip
+                "info": self.info, "feature_spec": self.spec.to_dict()}  # fmt: skip
         (folder / "ltr.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -244,7 +249,9 @@ class LTRModel:
         meta = json.loads((folder / "ltr.json").read_text())
         booster = lgb.Booster(model_file=str(folder / "model.txt"))
         booster.best_iteration = int(meta["info"].get("best_iteration", 0))
-        return cls(booster, np.asarray(meta["edges"]), LTRConfig(**meta["config"]), meta["info"])
+        cfg = LTRConfig(**meta["config"])
+        spec = FeatureSpec.from_dict(meta["feature_spec"])
+        return cls(booster, np.asarray(meta["edges"]), cfg, meta["info"], spec)
 
 
 def _params(cfg: LTRConfig, list_size: int) -> dict[str, Any]:
@@ -263,13 +270,22 @@ def _params(cfg: LTRConfig, list_size: int) -> dict[str, Any]:
     }
 
 
-def train_ltr(train: Groups, valid: Groups | None, cfg: LTRConfig, list_size: int) -> LTRModel:
-    """Fit the grade edges on ``train``'s watch time and the lambdarank booster on its groups;
-    ``valid`` (optional) early-stops on NDCG@``list_size``."""
+def train_ltr(
+    train: Groups,
+    valid: Groups | None,
+    cfg: LTRConfig,
+    list_size: int,
+    spec: FeatureSpec = DEFAULT_SPEC,
+) -> LTRModel:
+    """Fit the grade edges on ``train``'s watch time and the lambdarank booster on its groups
+    (field ids of ``spec``); ``valid`` (optional) early-stops on NDCG@``list_size``. Raises
+    ValueError when the ids do not have the spec's field count."""
+    if train.x.shape[1] != spec.n_fields:
+        raise ValueError(f"train ids have {train.x.shape[1]} fields, the spec {spec.n_fields}")
     import lightgbm as lgb
 
     edges = fit_grade_edges(train.feedback[:, WATCH_TIME], cfg.grade_quantiles)
-    cats = categorical_fields()
+    cats = categorical_fields(spec)
 
     def dataset(g: Groups, ref: Any = None) -> Any:
         y = grade_watch_time(g.feedback[:, WATCH_TIME], edges)
@@ -303,7 +319,7 @@ def train_ltr(train: Groups, valid: Groups | None, cfg: LTRConfig, list_size: in
     }
     if "valid" in evals:
         info[f"valid_{key}"] = float(evals["valid"][key][best - 1])
-    return LTRModel(booster, edges, cfg, info)
+    return LTRModel(booster, edges, cfg, info, spec)
 
 
 # --- evaluation -----------------------------------------------------------------------------
@@ -397,11 +413,11 @@ def run(
     """Train on the train split (early stopping on valid), save to ``out`` (``model.txt``,
     ``ltr.json``), evaluate on ``eval_split``; writes and returns ``out/train.json``."""
     ds = Dataset.open(data)
-    side = SideTables.from_tables(ds.users(), ds.items())
+    side = SideTables.from_tables(ds.users(), ds.items(), ds.spec)
     k = int(ds.meta.get("list_size", 10))
     train = read_groups(ds, "train", side, cfg.train_impressions, cfg.seed)
     valid = read_groups(ds, "valid", side, cfg.valid_impressions, cfg.seed)
-    model = train_ltr(train, valid, cfg, k)
+    model = train_ltr(train, valid, cfg, k, ds.spec)
     out = Path(out)
     model.save(out)
     summary: dict[str, Any] = {"method": "ltr", "config": dataclasses.asdict(cfg), **model.info,
