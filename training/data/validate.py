@@ -44,8 +44,8 @@ Ids
     many. The shares and a few missing ids are reported either way.
 
 The row-level checks of the shards are pure functions in :mod:`training.data.validate_log`.
-Speed: one pass over the shards, ``read_rows`` rows at a time: 0.64 s per million rows on the
-default world (96 million rows in 62 s, on a busy 2-core machine).
+Speed: one pass over the shards, ``read_rows`` rows at a time: on the default world (96 million
+rows) 31 s of CPU, 0.33 s per million rows, and 650 MB of memory at most.
 """
 
 from __future__ import annotations
