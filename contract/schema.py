@@ -96,9 +96,9 @@ def log_table(cols: dict[str, np.ndarray], arm: str, model_version: str) -> pa.T
     r, c = cols["item_id"].shape
     k = cols["propensity"].shape[1]
     n = r * c
-    null = np.ones((r, c), dtype=bool)
-    null[:, :k] = False
-    null = null.ravel()
+    null_rc = np.ones((r, c), dtype=bool)
+    null_rc[:, :k] = False
+    null = null_rc.ravel()
     pos = np.full((r, c), -1, dtype=np.int16)
     pos[:, :k] = np.arange(k, dtype=np.int16)
     arrays: dict[str, pa.Array] = {
