@@ -493,6 +493,20 @@ def side_table_columns(spec: FeatureSpec) -> tuple[tuple[str, ...], tuple[str, .
     return tuple(users), tuple(items)
 
 
+def spec_differences(a: FeatureSpec, b: FeatureSpec) -> list[str]:
+    """Names of the fields in one spec and not the other, else of the fields whose rules
+    differ, else ``["recent_window"]``/``["version"]``; ``[]`` when ``a == b``."""
+    if a == b:
+        return []
+    names = sorted(set(a.names()) ^ set(b.names()))
+    if names:
+        return names
+    fields = [f.name for f, g in zip(a.fields, b.fields, strict=True) if f != g]
+    if fields:
+        return fields
+    return ["recent_window"] if a.recent_window != b.recent_window else ["version"]
+
+
 def check_standard_layout(spec: FeatureSpec) -> None:
     """Refuse a spec the trainers and the list builder cannot compute.
 

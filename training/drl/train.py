@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from contract.features import DEFAULT_SPEC, FeatureSpec
+from contract.features import DEFAULT_SPEC, FeatureSpec, spec_differences
 from training.data.features import Requests, SideTables, build_requests
 from training.data.pipeline import Dataset, DatasetError, iter_session_batches, shard_for_rank
 from training.divergence import check_finite, check_finite_parameters, watched
@@ -315,8 +315,8 @@ class Checkpointed:
         if saved != self.side.spec:
             raise DatasetError(
                 "the checkpoint was trained with another feature spec than this dataset's "
-                f"({saved.n_fields} fields {saved.names()[:3]}..., this one "
-                f"{self.side.spec.n_fields})"
+                f"({saved.n_fields} and {self.side.spec.n_fields} fields; they differ in "
+                f"{spec_differences(saved, self.side.spec)[:5]})"
             )
         for name, part in self._stateful().items():
             part.load_state_dict(sd[name])
