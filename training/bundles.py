@@ -29,11 +29,11 @@ import pyarrow.compute as pc
 import torch
 
 from contract.bundle import BundleError
-from contract.features import DEFAULT_SPEC, FeatureSpec
+from contract.features import DEFAULT_SPEC, FeatureSpec, spec_differences
 from contract.schema import FEEDBACK
 from training.baselines.pointwise import WideDeep, predict, seeded_build_model, train_pointwise
 from training.data.features import SideTables, build_requests
-from training.data.pipeline import Dataset
+from training.data.pipeline import Dataset, DatasetError
 from training.drl.networks import flops_per_request
 from training.drl.train import DRLConfig, DRLRec, checkpoint_spec
 from training.export import ExportModel, actor_export, pointwise_export, q_export, real_batch
@@ -134,12 +134,11 @@ def wide_deep_spec(info: dict[str, Any]) -> FeatureSpec:
 
 
 def _same_spec(a: FeatureSpec, b: FeatureSpec, what_a: str, what_b: str) -> None:
-    """Raise ValueError naming both sides when two feature specs differ."""
+    """Raise DatasetError (a ValueError: the CLI's one-line error) naming both sides when
+    two feature specs differ."""
     if a != b:
-        diff = sorted(set(a.names()) ^ set(b.names())) or [
-            f.name for f, g in zip(a.fields, b.fields, strict=False) if f != g
-        ]
-        raise ValueError(
+        diff = spec_differences(a, b)
+        raise DatasetError(
             f"{what_a} was trained with another feature spec than {what_b} "
             f"({a.n_fields} and {b.n_fields} fields; they differ in {diff[:5]})"
         )

@@ -246,9 +246,11 @@ def test_every_model_of_the_bundle_ranks_on_the_declared_spec(extended, trained)
         assert len(set(out.item_ids[0].tolist())) == 4 and np.isfinite(out.scores).all()
 
 
-def test_a_run_on_another_spec_is_refused_at_resume_and_export(extended, trained, tiny_data,
-                                                                tmp_path) -> None:  # fmt: skip
+def test_a_run_on_another_spec_is_refused_at_resume_and_export(
+    extended, trained, tiny_data, tmp_path, capsys
+) -> None:
     from training.bundles import export_runs
+    from training.cli import main
     from training.data.features import SideTables
     from training.drl.train import DRLConfig, DRLTrainer
 
@@ -256,6 +258,13 @@ def test_a_run_on_another_spec_is_refused_at_resume_and_export(extended, trained
     ds_default = tiny_data[0]
     with pytest.raises(ValueError, match="another feature spec"):
         export_runs(drl_dir, None, ds_default.root, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+    # The command line: one line naming both sides, exit status 2, nothing written.
+    argv = ["export", "--drl", str(drl_dir), "--data", str(ds_default.root),
+            "--out", str(tmp_path / "b")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "another feature spec" in err and str(drl_dir) in err
     assert not (tmp_path / "b").exists()
     side = SideTables.from_tables(ds_default.users(), ds_default.items(), ds_default.spec)
     tr = DRLTrainer(DRLConfig(n_explore=20, batch_size=32, d_r=4, gru_hidden=8, mlp=(8, 8, 4),
