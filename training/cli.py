@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from contract.bundle import BundleError
 from contract.schema import LogValidationError, validate_log_file
@@ -279,12 +280,35 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_default_bundle(args: argparse.Namespace) -> int:
-    from training.bundles import build_default_bundle
-
-    m = build_default_bundle(args.out, data=args.data, work=args.work, overwrite=args.overwrite,
-                             progress=not args.no_progress)  # fmt: skip
+    m = default_bundle(args.out, args.data, args.work, overwrite=args.overwrite,
+                       progress=not args.no_progress)  # fmt: skip
     _print_bundle(args.out, m)
     return 0
+
+
+def default_bundle(
+    out: str | Path,
+    data: str | Path | None = None,
+    work: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    cfg: Any = None,
+) -> dict:
+    """``ranker default-bundle``: :func:`training.bundles.build_default_bundle` into ``out``,
+    with the dataset in ``data`` and the training runs in ``work`` when they are named (reused
+    by a rerun), otherwise in a temporary folder removed at the end, so that the command
+    writes nothing outside ``out`` and the folders it is given. ``cfg``: the recipe
+    (:class:`training.bundles.DefaultBundleConfig`; default: the committed bundle's)."""
+    import tempfile
+
+    from training.bundles import DefaultBundleConfig, build_default_bundle
+
+    with tempfile.TemporaryDirectory(prefix="ranker-default-bundle-") as tmp:
+        return build_default_bundle(
+            out, data=data or Path(tmp) / "data", work=work or Path(tmp) / "work",
+            overwrite=overwrite, progress=progress, cfg=cfg or DefaultBundleConfig(),
+        )  # fmt: skip
 
 
 def _print_bundle(out: str, m: dict) -> None:
@@ -481,9 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="rebuild models/default: default world, DRL-Rec, weighted W&D, export",
     )
     db.add_argument("--out", default="models/default", help="bundle folder (models/default)")
-    db.add_argument("--data", default="data/default", help="dataset folder (simulated if missing)")
-    db.add_argument("--work", default="runs/default-bundle",
-                    help="folder of the training runs (runs/default-bundle)")  # fmt: skip
+    db.add_argument("--data", default=None,
+                    help="dataset folder of the default world: used if it exists, simulated into "
+                    "it if not (default: a temporary folder, removed at the end)")  # fmt: skip
+    db.add_argument("--work", default=None,
+                    help="folder of the training runs, reused by a rerun (default: a temporary "
+                    "folder, removed at the end)")  # fmt: skip
     db.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     db.add_argument("--no-progress", action="store_true", help="no progress bars")
     # `ranker serve` and `ranker join-logs` are dispatched to service.cli by ranker_cli before

@@ -60,6 +60,44 @@ def test_an_existing_report_folder_is_refused(tmp_path, capsys):
     assert _digest(out) == {"report.md": hashlib.sha256(b"committed").hexdigest()}
 
 
+@pytest.mark.parametrize("only", ["cost", "online"])  # the groups that only read runs
+def test_a_report_stage_whose_runs_are_missing_fails_and_leaves_nothing(tmp_path, capsys, only):
+    # --only asks for a stage that reads runs that do not exist: exit 2, no (partial) folder
+    out = tmp_path / "report"
+    args = ["drl-report", "--preset", "tiny", "--seeds", "0", "--only", only, "--out", str(out)]
+    assert main([*args, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not finished" in err and only in err
+    assert not out.exists()
+
+
+# ---- default-bundle writes under --out and the folders it is given ----
+
+
+def test_default_bundle_writes_nothing_outside_its_out(tmp_path, monkeypatch):
+    from training.bundles import DefaultBundleConfig
+    from training.cli import default_bundle
+
+    monkeypatch.chdir(tmp_path)  # the old defaults data/default, runs/default-bundle: cwd-relative
+    tiny = DefaultBundleConfig(
+        world_preset="tiny", wd_train_impressions=2000, wd_valid_impressions=500,
+        drl_overrides=(("n_explore", 20), ("max_instances", 64), ("batch_size", 32), ("d_r", 8),
+                       ("gru_hidden", 16), ("mlp", (16, 8, 8)), ("sessions_per_chunk", 32)),
+    )  # fmt: skip
+    m = default_bundle("bundle", cfg=tiny, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+    assert (tmp_path / "bundle" / "manifest.json").is_file() and m["models"]
+
+
+def test_default_bundle_refuses_an_existing_out_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    assert main(["default-bundle", "--out", "models"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["models"]
+    assert not any((tmp_path / "models").iterdir())
+
+
 # ---- drl-train run folders ----
 
 

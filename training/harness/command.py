@@ -23,6 +23,11 @@ T = TypeVar("T")
 Log = Callable[[str], None]
 
 
+class NotRunnable(FileNotFoundError):
+    """What a command was asked to do cannot be done: the runs it reads are not finished (the
+    CLI's one-line error, exit status 2; the folder the command created is removed)."""
+
+
 @dataclass(frozen=True)
 class ReportFolders:
     """Where a report command writes: the report (``out``), the runs and the datasets."""

@@ -75,7 +75,7 @@ from training.drl.report.plan import (
 from training.drl.report.render import build_report
 from training.drl.report.runs import run_seed, same_config, train_prefix
 from training.harness.claims import direction_status, ratio_status
-from training.harness.command import report_folders, run_report_command
+from training.harness.command import NotRunnable, report_folders, run_report_command
 from training.harness.config import check_device, check_seeds
 from training.harness.stats import pooled, relaimpr_columns
 from training.sim.config import ConfigError
@@ -134,7 +134,9 @@ def run_drl_report(
     ``analysis.md`` is kept). ``only`` limits what is run (run names or :data:`GROUPS`); the
     report covers every finished run found. ``overrides``: report config (``--budget``);
     ``world_overrides``: the worlds (``--set``). Raises :class:`SanityError` after writing
-    the report when a sanity check fails that the config does not declare as expected.
+    the report when a sanity check fails that the config does not declare as expected, and
+    :class:`NotRunnable` (nothing written) when ``only`` asks for a stage whose runs are not
+    finished.
     """
     cfg = report_preset(preset_name).with_overrides(dict(overrides or {}))
     if world_overrides:
@@ -157,8 +159,11 @@ def run_drl_report(
         for s in seeds:
             run_seed(cfg, s, plan[s], root / f"seed{s}", f.data, only=only, progress=progress,
                      log=log)  # fmt: skip
-        if selected(only, "cost"):
-            run_cost(cfg, root / f"seed{seeds[0]}" / "drl", root / "cost.json", log)
+        first = root / f"seed{seeds[0]}" / "drl"
+        cost = run_cost(cfg, first, root / "cost.json", log) if selected(only, "cost") else {}
+        if cost is None and only:
+            raise NotRunnable(f"--only cost: the first seed's drl run is not finished ({first}); "
+                              "run it first (--only main)")  # fmt: skip
 
     def build(_: None, wall: float) -> tuple[Path, list]:
         return build_report(cfg, seeds, root, f.out, preset_name, wall_seconds=wall,

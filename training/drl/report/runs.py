@@ -26,6 +26,7 @@ from training.drl.report.plan import (
     world_config,
 )
 from training.eval.metrics import auc
+from training.harness.command import NotRunnable
 from training.harness.data import TEST_STREAM, dataset_dir, ensure_dataset, read_test_sample
 from training.harness.runfolder import jsonable, read_json, save_npz, write_json
 from training.sim.config import ConfigError
@@ -276,7 +277,10 @@ def run_seed(
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run (or skip, when finished) the seed's runs and online tests; returns what ran."""
+    """Run (or skip, when finished) the seed's runs and online tests; returns what ran.
+
+    Raises :class:`NotRunnable` when ``only`` names a stage whose runs are not finished (the
+    full plan, ``only`` empty, runs them first)."""
     root.mkdir(parents=True, exist_ok=True)
 
     def say(msg: str) -> None:
@@ -298,29 +302,37 @@ def run_seed(
         if info["skipped"]:
             say(f"{spec.name}: finished earlier, skipped")
         done[spec.name] = info["skipped"]
+    missing: list[str] = []
+
+    def need(what: str, result: Any) -> None:
+        if result is None:
+            missing.append(what)
+
     if selected(only, "online"):
         arms = {"teacher": ("drl", "teacher"), "student": ("drl", "student"),
                 "student_gamma0": ("gamma0", "student")}  # fmt: skip
-        online_test(ctx, "base", arms, root / "online.json", optional=["student_gamma0"])
+        need("online", online_test(ctx, "base", arms, root / "online.json",
+                                   optional=["student_gamma0"]))  # fmt: skip
     if selected(only, "control"):
         arms = {"student_gamma0.4": ("control_gamma0.4", "student"),
                 "student_gamma0": ("control_gamma0", "student"),
                 "teacher_gamma0.4": ("control_gamma0.4", "teacher"),
                 "teacher_gamma0": ("control_gamma0", "teacher")}  # fmt: skip
-        online_test(ctx, "long_term_off", arms, root / "control_online.json")
+        need("control", online_test(ctx, "long_term_off", arms, root / "control_online.json"))
     if selected(only, "main", "ceiling"):
         ceiling(ctx, root / "ceiling.json")
     if selected(only, "online"):
-        slate_truth(ctx, root / "slate_truth.json")
+        need("slate truth", slate_truth(ctx, root / "slate_truth.json"))
     if selected(only, "horizon"):
         req = {f"{who}_request{g:g}": (f"request_gamma{g:g}", who)
                for who in ("student", "teacher") for g in HORIZON_GAMMAS}  # fmt: skip
         arms = {"student_slot": ("drl", "student"), "student_slot_gamma0": ("gamma0", "student"),
                 **req}  # fmt: skip
-        online_test(ctx, "base", arms, root / "horizon_online.json",
-                optional=["student_slot", "student_slot_gamma0"])  # fmt: skip
+        need("horizon", online_test(ctx, "base", arms, root / "horizon_online.json",
+                                    optional=["student_slot", "student_slot_gamma0"]))  # fmt: skip
         arms = {a: (f"control_{run}", who) for a, (run, who) in req.items()}
-        online_test(ctx, "long_term_off", arms, root / "horizon_control_online.json")
+        need("horizon control", online_test(ctx, "long_term_off", arms,
+                                            root / "horizon_control_online.json"))  # fmt: skip
     meta = {}
     for variant, (ds, _, gen) in ctx._data.items():
         meta[variant] = {"path": str(ds.root), "counts": ds.meta.get("counts"),
@@ -330,4 +342,10 @@ def run_seed(
         path = root / "datasets.json"
         old = read_json(path) if path.exists() else {}
         write_json(path, {**old, **meta})
+    if only and missing:
+        raise NotRunnable(
+            f"--only {' '.join(only)}: seed {seed}: {', '.join(dict.fromkeys(missing))} cannot "
+            f"run: the runs it reads are not finished under {root} (run them first, e.g. "
+            "without --only)"
+        )
     return done
