@@ -98,11 +98,11 @@ class SideTables:
         users, items = pq.read_table(users_path), pq.read_table(items_path)
         user_cols, item_cols = side_table_columns(spec)
         try:
-            for table, cols, contract, path in (
+            for table, needed, contract, path in (
                 (users, user_cols, USER_TABLE_SCHEMA, users_path),
                 (items, item_cols, ITEM_TABLE_SCHEMA, items_path),
             ):
-                typed = pa.schema([contract.field(c) for c in cols if c in contract.names])
+                typed = pa.schema([contract.field(c) for c in needed if c in contract.names])
                 check_columns(table.schema, typed, str(path))
         except ValueError as e:
             raise BundleError(str(e)) from None
