@@ -94,3 +94,55 @@ def test_readme_says_how_to_get_the_cpu_build_of_torch():
     pin = re.search(r'"torch==([\d.]+)"', (README_PATH.parent / "pyproject.toml").read_text())
     want = f"pip install torch=={pin.group(1)} --index-url https://download.pytorch.org/whl/cpu"
     assert want in README
+
+
+def _section(title: str) -> str:
+    """The README's ``## title`` section (up to the next ``## `` heading)."""
+    start = README.index(f"\n## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start : end if end > 0 else None]
+
+
+def _long_options(*commands: str) -> set[str]:
+    import argparse
+
+    from training.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return {o for c in commands for a in sub.choices[c]._actions
+            if not isinstance(a, argparse._HelpAction)
+            for o in a.option_strings if o.startswith("--")}  # fmt: skip
+
+
+def test_the_reports_section_names_only_options_the_report_commands_have():
+    import re
+
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", _section("Reports")))
+    extra = named - _long_options("report", "drl-report")
+    assert not extra, f"README's Reports section names {sorted(extra)}, not in their --help"
+
+
+def test_every_option_of_the_report_and_bundle_commands_is_in_the_readme():
+    for c in ("report", "drl-report", "default-bundle"):
+        missing = sorted(o for o in _long_options(c) if o not in README)
+        assert not missing, f"ranker {c} --help has {missing}, the README never names them"
+
+
+def test_readme_report_budgets_and_world_overrides_are_accepted():
+    import shlex
+
+    from training.cli import build_parser
+    from training.drl.report.plan import report_preset
+    from training.eval.baselines_run import eval_preset
+    from training.sim.config import parse_overrides
+
+    p = build_parser()
+    lines = [x for x in _ranker_lines() if x.split()[1] in ("report", "drl-report")]
+    assert len(lines) >= 3
+    for line in lines:
+        a = p.parse_args(shlex.split(line, comments=True)[1:])
+        if getattr(a, "data", None):  # a logged dataset: no world, other budget keys
+            continue
+        pick = report_preset if a.command == "drl-report" else eval_preset
+        cfg = pick(a.preset).with_overrides(parse_overrides(a.budget or []))
+        cfg.with_world(parse_overrides(a.set or []))  # a ConfigError fails the test
