@@ -300,6 +300,17 @@ def test_a_shard_with_other_column_types_is_refused(tmp_path: Path) -> None:
     assert "type double, expected float" in the_problem(r, "watch_time").problem
 
 
+def test_unreadable_and_missing_shards_are_named(tmp_path: Path) -> None:
+    root = build(tmp_path, visit(1, T0))
+    shard(root, 1).write_bytes(b"PAR1 not parquet")
+    shard(root, 2).unlink()
+    r = validate_dataset(root)
+    got = {p.source: p.problem for p in r.problems}
+    assert got[str(shard(root, 1))].startswith("not a readable Parquet file")
+    assert got[str(shard(root, 2))] == "missing (listed in dataset.json)"
+    assert r.shards == 1 and r.rows == 6
+
+
 def test_an_extra_column_of_another_type_in_one_shard_is_refused(tmp_path: Path) -> None:
     root = build(tmp_path, visit(1, T0))
     for i, values in ((0, pa.array(["a"] * 6)), (1, pa.array([1] * 6))):
