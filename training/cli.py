@@ -249,7 +249,26 @@ def _report_kwargs(args: argparse.Namespace) -> dict:
             "command": _command_line()}  # fmt: skip
 
 
+def _data_report(kind: str, args: argparse.Namespace) -> int:
+    """``--data DIR``: the offline parts on a logged dataset (training.eval.data_report)."""
+    from training.eval.data_report import run_data_report
+
+    given = [flag for flag, v in (("--set", args.set), ("--datasets", args.datasets),
+             ("--only", getattr(args, "only", None)), ("--scale", getattr(args, "scale", None)))
+             if v]  # fmt: skip
+    if given:
+        raise ConfigError(f"--data DIR reports on a logged dataset; {', '.join(given)} "
+                          "apply to simulated worlds only")  # fmt: skip
+    run_data_report(kind, args.data, args.seeds, args.out, runs_dir=args.runs,
+                    budget_overrides=parse_overrides(args.budget or []), resume=args.resume,
+                    overwrite=args.overwrite, progress=not args.no_progress,
+                    command=_command_line())  # fmt: skip
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
+    if args.data:
+        return _data_report("baselines", args)
     from training.eval.report import run_report
 
     budget = parse_overrides(args.budget or [])
@@ -258,6 +277,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_drl_report(args: argparse.Namespace) -> int:
+    if args.data:
+        return _data_report("drl", args)
     from training.drl.report import run_drl_report
 
     budget = parse_overrides(args.budget or [])
@@ -473,6 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="baselines: offline + online evaluation, Markdown report")
     _add_report_args(r, budget="EvalConfig override, e.g. models=fm,deepfm or online_users=200")
+    r.add_argument("--data", default=None, metavar="DIR",
+                   help="report on a logged dataset (from import, kuairand or simulate) instead "
+                   "of simulated worlds: the offline parts only (online parts need a world); "
+                   "--budget takes training.eval.data_report.DataReportConfig keys")  # fmt: skip
     _COMMANDS["report"] = _cmd_report
 
     dr = sub.add_parser("drl-report", help="DRL-Rec: Tables 2-4, Fig. 4, online A/B, Markdown")
@@ -484,6 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run only these runs or groups (" + ", ".join(DRL_REPORT_GROUPS) + "); the report "
         "shows every finished run it finds",
     )  # fmt: skip
+    dr.add_argument("--data", default=None, metavar="DIR",
+                   help="report on a logged dataset (from import, kuairand or simulate) instead "
+                   "of simulated worlds: the offline parts only (online parts need a world); "
+                   "--budget takes training.eval.data_report.DataReportConfig keys")  # fmt: skip
     _COMMANDS["drl-report"] = _cmd_drl_report
 
     e = sub.add_parser("export", help="export trained rankers to a verified ONNX model bundle")

@@ -172,7 +172,7 @@ def test_feedback_mapping(converted):
     assert (df.model_version == MODEL_VERSION).all()
     # Propensity: the 1.0 placeholder ("unknown") on every row; the meta says not to use it.
     assert (df.propensity == 1.0).all()
-    assert "NCIS" in converted[0]["propensity"]
+    assert converted[0]["propensity"] == "unknown" and "NCIS" in converted[0]["propensity_note"]
     # The fixture has a like, a follow, a comment and a hate in user 101's day-0 session.
     s = df[df.session_id == 1]
     assert s.like.tolist()[3] == 1 and s.follow.tolist()[5] == 1

@@ -37,8 +37,8 @@ Propensities: KuaiRand has none
     an importance-weighted estimate is defensible is the ``kuairand_random`` arm, under the
     assumption that its videos were drawn uniformly from a candidate pool of known size
     (KuaiRand does not publish it): there the propensities are all equal and self-normalised
-    estimators do not depend on their value. The dataset meta says so
-    (``meta["propensity"]``).
+    estimators do not depend on their value. The dataset meta says so: ``propensity`` is
+    ``"unknown"`` (so the estimators that read it refuse) and ``propensity_note`` explains.
 
 Feedback
     click, like, follow, comment, hate and long_view are ``is_click``, ``is_like``,
@@ -638,7 +638,8 @@ def convert_kuairand(
                     ARM_RANDOM: "log_random (is_rand=1)",
                 },
                 "model_version": MODEL_VERSION,
-                "propensity": (
+                "propensity": "unknown",
+                "propensity_note": (
                     "none: KuaiRand logs carry no propensities; the column holds the placeholder "
                     "1.0 (unknown). Do not run NCIS/IPS on this data, except on the "
                     f"{ARM_RANDOM} arm under a uniform-exposure assumption."

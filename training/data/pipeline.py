@@ -56,6 +56,7 @@ from contract.features import (
     side_table_columns,
 )
 from contract.schema import (
+    FEEDBACK,
     ITEM_TABLE_SCHEMA,
     LOG_SCHEMA,
     USER_TABLE_SCHEMA,
@@ -293,6 +294,23 @@ class Dataset:
         except (ValueError, TypeError, AttributeError) as e:
             raise DatasetError(f"{self.root / DATASET_FILE}: feature_spec: {e}") from None
         return spec
+
+    @property
+    def aspects(self) -> tuple[str, ...]:
+        """The feedback aspects the log has (``dataset.json`` key ``aspects``, in
+        :data:`contract.schema.FEEDBACK` order; all of them for a dataset without the key).
+        The others are null in the log, never 0: train and evaluate on these only."""
+        declared = self.meta.get("aspects", FEEDBACK)
+        return tuple(a for a in FEEDBACK if a in declared)
+
+    def require_aspects(self, needed: Iterable[str], what: str) -> None:
+        """Raise DatasetError when ``what`` needs an aspect the log does not have."""
+        missing = [a for a in FEEDBACK if a in set(needed) and a not in self.aspects]
+        if missing:
+            raise DatasetError(
+                f"{self.root}: {what} needs the feedback aspects {missing}, which the log does "
+                f"not have (dataset.json aspects: {list(self.aspects)})"
+            )
 
     def paths(self, split: str | None = None) -> list[Path]:
         if split is None:

@@ -332,6 +332,7 @@ def run_hrl(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = Dataset.open(data)
+    ds.require_aspects({cfg.reward, "click"}, f"HRL-Rec (reward {cfg.reward!r}, click AUC)")
     side = SideTables.from_tables(ds.users(), ds.items(), ds.spec)
     trainer = HRLTrainer(cfg, side, device=device)
     summary = train_hrl(trainer, ds, out=out, resume=resume, progress=progress)

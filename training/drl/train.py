@@ -549,6 +549,8 @@ def run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = Dataset.open(data)
+    # the reward, the session_clicks list field and the test AUC read their aspects
+    ds.require_aspects({cfg.reward, "click"}, f"DRL-Rec (reward {cfg.reward!r}, click AUC)")
     side = SideTables.from_tables(ds.users(), ds.items(), ds.spec)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

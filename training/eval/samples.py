@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from contract.schema import FEEDBACK
 from training.data.features import Requests, SideTables, build_requests, candidate_ids
 from training.data.pipeline import Dataset
+from training.eval.propensities import check_propensity, dataset_propensity
 from training.harness.data import (
     read_share,
     sample_fraction,
@@ -183,7 +184,10 @@ def read_requests(
 
 def logged_slates(ds: Dataset, split: str) -> dict[str, np.ndarray]:
     """Per logged request of ``split``: user, clicks, and the log-probability of its slate
-    under the logging policy (sum of log logged propensities)."""
+    under the logging policy (sum of log logged propensities). Raises ValueError unless the
+    dataset's propensities are ``conditional`` (:func:`training.eval.propensities.
+    check_propensity`: a sum of log marginals is not a slate's log-probability)."""
+    check_propensity(dataset_propensity(ds.meta), "slate")
     cols = ["request_id", "user_id", "position", "propensity", "click"]
     users, rewards, lps = [], [], []
     for path in ds.paths(split):

@@ -683,6 +683,7 @@ def run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = Dataset.open(data)
+    ds.require_aspects(ASPECTS, "MMRF (one agent per feedback aspect)")
     side = SideTables.from_tables(ds.users(), ds.items(), ds.spec)
     scale = fit_reward_scale(ds.paths("train"), cfg.watch_time_quantile)
     trainer = make_trainer(cfg, side, scale, device=device)

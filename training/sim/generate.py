@@ -132,6 +132,8 @@ def generate_dataset(
                 "seed": cfg.seed,
                 "list_size": cfg.list_size,
                 "n_candidates": cfg.n_candidates,
+                # each row's propensity: its item at its slot given the earlier slots (exact)
+                "propensity": "conditional",
                 "logging_policy": {
                     "arm": LOGGING_ARM,
                     "model_version": LOGGING_VERSION,
