@@ -29,6 +29,18 @@ def test_simulated_datasets_declare_the_default_spec(tiny_data) -> None:
     assert ds.spec == DEFAULT_SPEC
 
 
+def test_kuairand_conversions_declare_the_default_spec(tmp_path) -> None:
+    from training.data.kuairand import convert_kuairand
+
+    fix = Path(__file__).resolve().parents[1] / "fixtures" / "kuairand"
+    logs = [str(fix / "log_standard_fixture.csv"), str(fix / "log_random_fixture.csv")]
+    meta = convert_kuairand(logs, str(fix / "user_features_fixture.csv"),
+                            str(fix / "video_features_fixture.csv"), str(tmp_path / "kr"),
+                            progress=False)  # fmt: skip
+    assert meta["feature_spec"] == DEFAULT_SPEC.to_dict()
+    assert Dataset.open(tmp_path / "kr").spec == DEFAULT_SPEC
+
+
 def test_a_dataset_without_the_key_reads_as_the_default_spec(tiny_data, tmp_path) -> None:
     ds, _, _ = tiny_data
     old = _copy_meta(ds.root, tmp_path / "old", lambda m: m.pop("feature_spec"))
