@@ -218,7 +218,6 @@ def test_runs_record_the_spec_and_size_their_networks_from_it(extended, trained)
     import torch
 
     from training.bundles import load_drl_run, load_mmrf_run, load_wide_deep
-    from training.drl.hrl import HRLConfig
 
     _, spec, _, _ = extended
     drl_dir, wd_path, _ = trained
@@ -237,7 +236,21 @@ def test_runs_record_the_spec_and_size_their_networks_from_it(extended, trained)
     _, mmrf, msum = load_mmrf_run(drl_dir.parent / "mmrf")
     assert msum["feature_spec"] == spec.to_dict()
     assert mmrf.cfg.encoder.sizes == tuple(spec.sizes())
-    assert HRLConfig(d_r=4).net(spec).sizes == tuple(spec.sizes())
+
+
+def test_hrl_trains_on_the_declared_spec(extended, tmp_path) -> None:
+    import torch
+
+    from training.drl.hrl import HRLConfig, run_hrl
+
+    ds, spec, _, _ = extended
+    cfg = HRLConfig(batch_size=32, d_r=4, gru_hidden=8, mlp=(8, 8, 4), actor_hidden=(8,),
+                    sessions_per_chunk=64, max_instances=96)  # fmt: skip
+    summary = run_hrl(ds.root, tmp_path / "hrl", cfg, progress=False, eval_split=None)
+    assert summary["feature_spec"] == spec.to_dict() and summary["instances"] >= 96
+    ck = torch.load(tmp_path / "hrl" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert ck["feature_spec"] == spec.to_dict()
+    assert cfg.net(spec).sizes == tuple(spec.sizes())
 
 
 def test_every_model_of_the_bundle_ranks_on_the_declared_spec(extended, trained) -> None:
