@@ -920,7 +920,7 @@ def _id_highs(m: ExportModel, spec: FeatureSpec) -> dict[str, list[int]]:
 def real_batch(req: Requests, memory: int, n: int = 64, seed: int = 0) -> RealBatch:
     """``n`` logged impressions of ``req`` (seeded draw): their history windows, user+context
     ids, every logged candidate's item + list ids at the impression's slot, and the
-    impression's own 22 ids."""
+    impression's own n field ids (the spec's)."""
     from training.data.features import candidate_ids
     from training.drl.batches import history
 

@@ -11,6 +11,9 @@ Exploration candidates (the *input* of DRL-Rec's exploring-and-filtering module)
 request's logged candidates still unplaced at slot ``t`` (other than the real item), topped up
 with uniformly drawn catalogue items (the "random items from the catalogue" of METHODS.md) to
 ``n_explore``, or a random subset when there are more than ``n_explore``.
+
+Shapes: ``n_cand`` is the number of item + list fields of the data's feature spec (12 in
+``DEFAULT_SPEC``; ``Requests.spec``).
 """
 
 from __future__ import annotations
@@ -34,16 +37,16 @@ class Batch:
     hist_mask: torch.Tensor  # (B, m) bool
     cur_index: torch.Tensor  # (B,) row of enc_ids of the instance's own impression
     user_ctx: torch.Tensor  # (B, 10)
-    action: torch.Tensor  # (B, 12) item + list ids of the shown item
+    action: torch.Tensor  # (B, n_cand) item + list ids of the shown item
     reward: torch.Tensor  # (B,) float
     done: torch.Tensor  # (B,) bool
     same_request: torch.Tensor  # (B,) bool: the next state is the same request's next slot
     next_user_ctx: torch.Tensor  # (B, 10)
-    next_cand: torch.Tensor  # (B, C, 12)
+    next_cand: torch.Tensor  # (B, C, n_cand)
     next_mask: torch.Tensor  # (B, C) bool
-    explore: torch.Tensor | None  # (B, X, 12)
+    explore: torch.Tensor | None  # (B, X, n_cand)
     explore_mask: torch.Tensor | None  # (B, X) bool
-    slate: torch.Tensor  # (B, K, 12) the request's shown items at slot t (real lessons)
+    slate: torch.Tensor  # (B, K, n_cand) the request's shown items at slot t (real lessons)
     slate_mask: torch.Tensor  # (B, K) bool: shown, other than the instance's own item
 
     def to(self, device: torch.device | str) -> Batch:
@@ -200,7 +203,7 @@ def exploration_candidates(
     n_explore: int,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(B, X, 12)`` ids and ``(B, X)`` mask of the exploration input of each instance."""
+    """``(B, X, n_cand)`` ids and ``(B, X)`` mask of the exploration input of each instance."""
     b = len(r)
     n_cols = req.cand_item.shape[1]
     # The real item (slot t) is the state's own lesson, not an exploration input.

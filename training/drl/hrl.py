@@ -149,7 +149,7 @@ def ddpg_target(target: ActorCritic, b: Batch, gamma: float) -> torch.Tensor:
 
     The discrete-candidate version of DDPG's ``Q'(s', mu'(s'))``: the target actor's action
     ``mu'(s')`` is mapped to the real item it ranks first among the next state's valid
-    candidates (``b.next_cand (B, C, 12)`` where ``b.next_mask (B, C)``), and the target
+    candidates (``b.next_cand (B, C, n_cand)`` where ``b.next_mask (B, C)``), and the target
     critic values that item's vector. Every part (encoder, ``W'``, ``mu'``, ``Q'``) is the
     target network's. Rows that are terminal or have no valid candidate bootstrap 0.
     Returns ``(B,)``, detached.

@@ -273,7 +273,7 @@ class MultiAgentActorCritic(nn.Module):
         return self.state_encoder(buffer, mask, user_ctx_ids)
 
     def item_vectors(self, cand_ids: torch.Tensor) -> torch.Tensor:
-        """``v = tanh(W_v Flatten(E(item + list ids)))``: ``(B, C, 12) -> (B, C, D)``."""
+        """``v = tanh(W_v Flatten(E(item + list ids)))``: ``(B, C, n_cand) -> (B, C, D)``."""
         emb = self.state_encoder.embedding(cand_ids, self.cfg.encoder.n_user_ctx).flatten(-2)
         return torch.tanh(self.item_proj(emb))
 
@@ -317,7 +317,7 @@ class MultiAgentActorCritic(nn.Module):
         return self.aux_actions(out.h, out.e.detach())
 
     def scores(self, s: torch.Tensor, cand_ids: torch.Tensor, agent: int = -1) -> torch.Tensor:
-        """Ranking scores ``<a^agent(s), v>`` of candidates ``(B, C, 12)`` -> ``(B, C)``;
+        """Ranking scores ``<a^agent(s), v>`` of candidates ``(B, C, n_cand)`` -> ``(B, C)``;
         the default is the main (WatchTime) agent, the one served."""
         a = self.policy(s).actions[:, agent]
         return torch.einsum("bd,bcd->bc", a, self.item_vectors(cand_ids))
@@ -375,7 +375,7 @@ def seeded_dropout(
 class FeedbackModel(nn.Module):
     """The user-feedback model M (Sec. 2.3, Eq. 5): session RNN, siamese per-aspect heads.
 
-    ``forward(buffer (B, m, E), mask (B, m), user_ctx_ids (B, n_uc), cand_ids (B, C, 12))``
+    ``forward(buffer (B, m, E), mask (B, m), user_ctx_ids (B, n_uc), cand_ids (B, C, n_cand))``
     returns the logits of both predictors, ``(z, z')`` each ``(B, C, A)`` with ``A =
     len(ASPECTS)``; ``sigmoid(z)`` is ``r`` (a probability for binary aspects, watch time on
     the [0, 1] scale of :class:`training.mmrf.rewards.RewardScale`). ``P'`` carries dropout

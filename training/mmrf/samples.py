@@ -50,7 +50,7 @@ class Transitions:
     hist_ids: torch.Tensor  # (B, m, n) ids of the m impressions before the state
     hist_mask: torch.Tensor  # (B, m) bool
     user_ctx: torch.Tensor  # (B, n_uc) user + context ids of the state's request
-    action: torch.Tensor  # (B, 12) item + list ids of the placed item
+    action: torch.Tensor  # (B, n_cand) item + list ids of the placed item
     feedback: torch.Tensor  # (B, A) feedback on the model scale (simulated where simulated)
     reward: torch.Tensor  # (B, A) each agent's reward
     done: torch.Tensor  # (B,) bool
@@ -84,7 +84,7 @@ class MMRFBatch:
     """One step's input: real transitions and, per real state, its non-impression pool."""
 
     real: Transitions
-    pool_ids: torch.Tensor  # (B, P, 12) sampled non-impressions at the state's slot
+    pool_ids: torch.Tensor  # (B, P, n_cand) sampled non-impressions at the state's slot
     pool_mask: torch.Tensor  # (B, P) bool
     random_action: torch.Tensor  # (B, D) the random action a~ in [-1, 1]^D
 
@@ -140,7 +140,7 @@ def non_impression_pool(
     req: Requests, r: np.ndarray, t: np.ndarray, rate: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """The sampled non-impressions of instances at slot ``t`` of request ``r`` (``(B,)``):
-    ``(B, P, 12)`` item + list ids at slot ``t`` and a ``(B, P)`` mask, ``P`` the largest
+    ``(B, P, n_cand)`` item + list ids at slot ``t`` and a ``(B, P)`` mask, ``P`` the largest
     count in the batch (at least 1; padding columns masked)."""
     keep = sample_non_impressions(req.cand_mask[r], req.n_shown[r], rate, rng)
     p = max(1, int(keep.sum(axis=1).max()) if len(r) else 1)
