@@ -201,7 +201,7 @@ def main() -> None:
     ds = Dataset.open(args.data)
     if Path(man.dataset.get("path", args.data)).resolve() != Path(args.data).resolve():
         print(f"note: the bundle was exported from {man.dataset.get('path')}, not {args.data}")
-    side = SideTables.from_tables(ds.users(), ds.items())
+    side = SideTables.from_tables(ds.users(), ds.items(), ds.spec)
 
     t0 = time.perf_counter()
     drl_run = _resolve(man.models["drl_student"].training.get("run"), "DRL-Rec run", args.drl_run)
