@@ -88,6 +88,17 @@ def test_pooled_relative_pools_on_the_log_scale():
     assert two["low"] > -100.0 and two["mean"] == pytest.approx(-90.0)
 
 
+def test_pool_rows_reads_each_rows_point_and_bounds_by_key():
+    rows = [{"value": 1.0, "low": 0.0, "high": 2.0}, {"value": 3.0, "low": 2.0, "high": 4.0}]
+    p = stats.pool_rows(rows, stats.pooled, "value")
+    assert p["mean"] == pytest.approx(2.0)  # half-widths 1 and 1: sqrt(2) / 2 around the mean
+    assert p["low"] == pytest.approx(2.0 - math.sqrt(2) / 2)
+    rel = [{"rel_pct": 50.0, "rel_low": 10.0, "rel_high": 120.0}]
+    assert stats.pool_rows(rel, stats.pooled_relative, "rel_pct", "rel_low", "rel_high") == (
+        stats.pooled_relative([50.0], [10.0], [120.0])
+    )
+
+
 def test_paired_auc_diff_sign_is_first_minus_second():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 400)

@@ -16,7 +16,13 @@ from training.harness.render import (
     pct,
     pm,
 )
-from training.harness.stats import mean_std, pooled, pooled_positive, pooled_relative
+from training.harness.stats import (
+    mean_std,
+    pool_rows,
+    pooled,
+    pooled_positive,
+    pooled_relative,
+)
 
 #: Online metrics of the report: name -> column title.
 ONLINE_METRICS: dict[str, str] = {
@@ -64,16 +70,11 @@ def aggregate(summaries: Sequence[Mapping[str, Any]], cfg: EvalConfig) -> dict[s
                 for s in summaries
             ]
             online[a][metric] = {
-                "value": pooled_positive([r["mean"] for r in rows], [r["low"] for r in rows],
-                                 [r["high"] for r in rows]),
-                "rel": pooled_relative([r["rel_pct"] for r in rows], [r["rel_low"] for r in rows],
-                               [r["rel_high"] for r in rows]),
-            }  # fmt: skip
+                "value": pool_rows(rows, pooled_positive),
+                "rel": pool_rows(rows, pooled_relative, "rel_pct", "rel_low", "rel_high"),
+            }
         cpr = [s["online"]["clicks_per_request"][a] for s in summaries]
-        online[a]["clicks_per_request"] = {
-            "value": pooled([c["value"] for c in cpr], [c["low"] for c in cpr],
-                             [c["high"] for c in cpr])
-        }  # fmt: skip
+        online[a]["clicks_per_request"] = {"value": pool_rows(cpr, pooled, "value")}
     # ---- sanity: oracle > best baseline > random ----
     trained = [a for a in models if a in online]
     ordering = {
@@ -88,19 +89,10 @@ def aggregate(summaries: Sequence[Mapping[str, Any]], cfg: EvalConfig) -> dict[s
     for pol in sorted(summaries[0]["ncis"]["policies"], key=lambda p: (p != "logging", p)):
         per = [s["ncis"]["policies"][pol] for s in summaries]
         cmp_ = [p["compare"] for p in per]
-        bias = pooled([c["bias"] for c in cmp_], [c["low"] for c in cmp_],
-                       [c["high"] for c in cmp_])  # fmt: skip
+        bias = pool_rows(cmp_, pooled, "bias")
         ncis[pol] = {
-            "ncis": pooled(
-                [p["ncis"]["value"] for p in per],
-                [p["ncis"]["low"] for p in per],
-                [p["ncis"]["high"] for p in per],
-            ),
-            "online": pooled(
-                [p["online"]["value"] for p in per],
-                [p["online"]["low"] for p in per],
-                [p["online"]["high"] for p in per],
-            ),
+            "ncis": pool_rows([p["ncis"] for p in per], pooled, "value"),
+            "online": pool_rows([p["online"] for p in per], pooled, "value"),
             "bias": bias,
             "rel_bias_pct": mean_std([c["rel_bias_pct"] for c in cmp_]),
             "agrees_per_seed": [c["agrees"] for c in cmp_],

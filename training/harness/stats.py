@@ -91,6 +91,18 @@ def pooled_relative(pcts: Sequence[float], lows: Sequence[float], highs: Sequenc
             "per_seed": [float(x) for x in pcts]}  # fmt: skip
 
 
+def pool_rows(
+    rows: Sequence[Mapping[str, Any]],
+    pool: Any = pooled,
+    point: str = "mean",
+    low: str = "low",
+    high: str = "high",
+) -> dict:
+    """``pool`` (:func:`pooled`, :func:`pooled_positive` or :func:`pooled_relative`) of
+    per-seed rows, each holding its point and 95% bounds under ``point``, ``low``, ``high``."""
+    return pool([r[point] for r in rows], [r[low] for r in rows], [r[high] for r in rows])
+
+
 def relative_change(a: np.ndarray, b: np.ndarray, z: float = Z95) -> tuple[float, float, float]:
     """``100 * (mean(a) / mean(b) - 1)`` for paired non-negative units, with a 95% interval.
 

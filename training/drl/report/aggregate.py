@@ -29,6 +29,7 @@ from training.harness.runfolder import (
 from training.harness.stats import (
     mean_std,
     paired_auc_diff,
+    pool_rows,
     pooled,
     pooled_positive,
     pooled_relative,
@@ -262,31 +263,21 @@ def _online_table(seeds: Sequence[int], col: Mapping[int, Any]) -> dict[str, Any
         return None
     arms = [a for a in col[have[0]]["online"]["rows"]
             if all(a in col[s]["online"]["rows"] for s in have)]  # fmt: skip
+    on = {s: col[s]["online"] for s in have}
     table: dict[str, Any] = {"seeds": have, "arms": {}}
     for arm in arms:
-        rows = [online_row(col[s]["online"], arm, "logging", "clicks_per_user") for s in have]
-        rel_t = [online_row(col[s]["online"], arm, "teacher", "clicks_per_user") for s in have]
-        cps = [online_row(col[s]["online"], arm, "logging", "clicks_per_session") for s in have]
-        dps = [online_row(col[s]["online"], arm, "logging", "depth_per_session") for s in have]
+        cps = [online_row(on[s], arm, "logging", "clicks_per_session") for s in have]
+        dps = [online_row(on[s], arm, "logging", "depth_per_session") for s in have]
         table["arms"][arm] = {
-            "acn": pooled_positive([r["mean"] for r in rows], [r["low"] for r in rows],
-                          [r["high"] for r in rows]),
-            "vs_logging": pooled_relative([r["rel_pct"] for r in rows],
-                                          [r["rel_low"] for r in rows],
-                                          [r["rel_high"] for r in rows]),
-            "vs_teacher": pooled_relative([r["rel_pct"] for r in rel_t],
-                                          [r["rel_low"] for r in rel_t],
-                                          [r["rel_high"] for r in rel_t]),
+            "acn": _acn(on, have, arm),
+            "vs_logging": _rel(on, have, arm, "logging"),
+            "vs_teacher": _rel(on, have, arm, "teacher"),
             "clicks_per_session": mean_std([r["mean"] for r in cps]),
             "depth_per_session": mean_std([r["mean"] for r in dps]),
-        }  # fmt: skip
+        }
     table["student_vs_teacher"] = table["arms"]["student"]["vs_teacher"]
     if "student_gamma0" in table["arms"]:
-        rows = [online_row(col[s]["online"], "student", "student_gamma0", "clicks_per_user")
-                for s in have]  # fmt: skip
-        table["gamma_full_world"] = pooled_relative([r["rel_pct"] for r in rows],
-                                           [r["rel_low"] for r in rows],
-                                           [r["rel_high"] for r in rows])  # fmt: skip
+        table["gamma_full_world"] = _rel(on, have, "student", "student_gamma0")
     ratios = [
         col[s]["online"]["arm_seconds"]["student"] / col[s]["online"]["arm_seconds"]["teacher"]
         for s in have
@@ -306,27 +297,31 @@ def _control_table(seeds: Sequence[int], col: Mapping[int, Any]) -> dict[str, An
     have = [s for s in seeds if col[s]["control"]]
     if not have:
         return None
+    on = {s: col[s]["control"] for s in have}
     out: dict[str, Any] = {"seeds": have}
     for who in ("student", "teacher"):
-        rows = [online_row(col[s]["control"], f"{who}_gamma0.4", f"{who}_gamma0", "clicks_per_user")
-                for s in have]  # fmt: skip
-        p = pooled_relative([r["rel_pct"] for r in rows], [r["rel_low"] for r in rows],
-                   [r["rel_high"] for r in rows])  # fmt: skip
-        out[who] = {**p, "holds": bool(p["low"] <= 0.0)}
-    for arm in ("logging", "student_gamma0.4", "student_gamma0", "teacher_gamma0.4",
-                "teacher_gamma0"):  # fmt: skip
-        rows = [online_row(col[s]["control"], arm, "logging", "clicks_per_user") for s in have]
-        out.setdefault("acn", {})[arm] = pooled_positive([r["mean"] for r in rows],
-                                                [r["low"] for r in rows],
-                                                [r["high"] for r in rows])  # fmt: skip
+        out[who] = _no_gain(_rel(on, have, f"{who}_gamma0.4", f"{who}_gamma0"))
+    arms = ("logging", "student_gamma0.4", "student_gamma0", "teacher_gamma0.4", "teacher_gamma0")
+    out["acn"] = {arm: _acn(on, have, arm) for arm in arms}
     return out
 
 
 def _rel(online: Mapping[int, Any], have: Sequence[int], arm: str, base: str) -> dict[str, Any]:
     """Relative ACN change ``arm`` vs ``base`` (paired per user), pooled over ``have``."""
     rows = [online_row(online[s], arm, base, "clicks_per_user") for s in have]
-    return pooled_relative([r["rel_pct"] for r in rows], [r["rel_low"] for r in rows],
-                  [r["rel_high"] for r in rows])  # fmt: skip
+    return pool_rows(rows, pooled_relative, "rel_pct", "rel_low", "rel_high")
+
+
+def _acn(online: Mapping[int, Any], have: Sequence[int], arm: str) -> dict[str, Any]:
+    """ACN (clicks per user) of ``arm``, pooled over ``have`` on the log scale."""
+    rows = [online_row(online[s], arm, "logging", "clicks_per_user") for s in have]
+    return pool_rows(rows, pooled_positive)
+
+
+def _no_gain(p: dict[str, Any]) -> dict[str, Any]:
+    """A control's relative change with its verdict: it ``holds`` when the interval reaches 0 or
+    below (no significant gain from the future rewards)."""
+    return {**p, "holds": bool(p["low"] <= 0.0)}
 
 
 def _horizon_table(seeds: Sequence[int], col: Mapping[int, Any]) -> dict[str, Any]:
@@ -341,15 +336,12 @@ def _horizon_table(seeds: Sequence[int], col: Mapping[int, Any]) -> dict[str, An
         arms = [a for a in on[have[0]]["rows"] if all(a in on[s]["rows"] for s in have)]
         t: dict[str, Any] = {"seeds": have, "acn": {}, "vs_logging": {}}
         for a in arms:
-            rows = [online_row(on[s], a, "logging", "clicks_per_user") for s in have]
-            t["acn"][a] = pooled_positive([r["mean"] for r in rows], [r["low"] for r in rows],
-                                 [r["high"] for r in rows])  # fmt: skip
+            t["acn"][a] = _acn(on, have, a)
             t["vs_logging"][a] = _rel(on, have, a, "logging")
         for who in ("student", "teacher"):
             hi, lo = f"{who}_request0.4", f"{who}_request0"
             if hi in arms and lo in arms:
-                p = _rel(on, have, hi, lo)
-                t[who] = {**p, "holds": bool(p["low"] <= 0.0)}
+                t[who] = _no_gain(_rel(on, have, hi, lo))
         if "student_slot" in arms and "student_request0.4" in arms:
             t["request_vs_slot"] = _rel(on, have, "student_request0.4", "student_slot")
         if "student_slot_gamma0" in arms and "student_request0" in arms:
