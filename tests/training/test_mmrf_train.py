@@ -180,7 +180,7 @@ def test_cli_help_and_bad_settings(data, tmp_path, capsys):
     assert "gamma=" in capsys.readouterr().err
     assert main([*argv, "--variant", "mmrf-co", "--set", "collaboration=attention"]) == 2
     assert main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
-    assert "dataset.json" in capsys.readouterr().err
+    assert "nowhere: not a folder" in capsys.readouterr().err  # the dataset check, first
     assert not (tmp_path / "x").exists()
 
 
