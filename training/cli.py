@@ -8,7 +8,8 @@
     ranker info data/tiny                                # what a dataset holds
 
 Errors in what the user passed (bad config values, malformed logs, existing outputs) end
-with a one-line message and exit status 2, not a traceback.
+with a one-line message and exit status 2, not a traceback; a training run whose loss turns NaN
+or infinite stops at that step with a one-line message and exit status 3.
 """
 
 from __future__ import annotations
@@ -552,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from training.divergence import EXIT_DIVERGED, DivergenceError
     from training.harness.claims import SanityError
 
     args = build_parser().parse_args(argv)
@@ -560,6 +562,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SanityError as e:
         print(f"ranker {args.command}: {e}", file=sys.stderr)
         return 1
+    except DivergenceError as e:  # a NaN/inf loss: not bad input, so not 2
+        print(f"ranker {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
     except (ConfigError, DatasetError, LogValidationError, FileNotFoundError, FileExistsError,
             BundleError) as e:  # fmt: skip
         print(f"ranker {args.command}: error: {e}", file=sys.stderr)

@@ -416,3 +416,19 @@ def test_a_checkpoint_of_non_finite_parameters_is_not_written(data, tmp_path):
     with pytest.raises(DivergenceError, match=r"model\.student\.head\.out\.bias=nan"):
         tr.save(tmp_path / "checkpoint.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_drl_train_divergence_is_one_line_and_exit_3(data, tmp_path, capsys):
+    from training.cli import main
+
+    ds, _, _ = data
+    out = tmp_path / "run"
+    small = ["n_explore=60", "batch_size=64", "d_r=8", "gru_hidden=16", "mlp=32,16,8",
+             "sessions_per_chunk=64", "max_instances=1280", "lr=1e30"]  # fmt: skip
+    args = ["drl-train", "--data", str(ds.root), "--out", str(out), "--no-progress"]
+    assert main([*args, *(x for kv in small for x in ("--set", kv))]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("ranker drl-train: error: training diverged at step ")
+    assert "non-finite losses/" in err
+    assert not out.exists()  # it failed before its first checkpoint: no folder is left

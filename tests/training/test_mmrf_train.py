@@ -236,3 +236,19 @@ def test_cli_divergence_is_one_line_and_exit_3(data, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and err.startswith("mmrf: error: training diverged at step")
     assert "non-finite losses/" in err
     assert not (tmp_path / "run" / "train.json").exists()
+
+
+def test_ranker_mmrf_train_divergence_is_one_line_and_exit_3(data, tmp_path, capsys):
+    from training.cli import main as ranker
+
+    sets = ["batch_size=32", "d_r=4", "gru_hidden=8", "memory=4", "agent_dim=8", "heads=2",
+            "action_dim=4", "actor_hidden=8", "critic_mlp=8", "model_hidden=8",
+            "sessions_per_chunk=32", "sim_batch=16", "max_instances=640", "critic_lr=1e30",
+            "actor_lr=1e30"]  # fmt: skip
+    out = tmp_path / "run"
+    argv = ["mmrf-train", "--data", str(data[0].root), "--out", str(out), "--no-progress"]
+    assert ranker([*argv, *[x for s in sets for x in ("--set", s)]]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("ranker mmrf-train: error: training diverged at step")
+    assert not out.exists()  # no checkpoint before the divergence: no folder is left
