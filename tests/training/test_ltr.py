@@ -77,6 +77,10 @@ def test_lambdarank_trains_on_graded_watch_time_and_reloads(model, tmp_path):
     np.testing.assert_array_equal(again.score(train.x[:500]), s[:500])
     np.testing.assert_array_equal(again.edges, m.edges)
     assert again.spec == m.spec == DEFAULT_SPEC
+    meta = json.loads((tmp_path / "ltr" / "ltr.json").read_text())
+    del meta["feature_spec"]  # a folder written before specs were saved: the default spec
+    (tmp_path / "ltr" / "ltr.json").write_text(json.dumps(meta))
+    assert LTRModel.load(tmp_path / "ltr").spec == DEFAULT_SPEC
     with pytest.raises(ValueError):
         m.score(train.x[:, :10])
     short = dataclasses.replace(train, x=train.x[:, :10])

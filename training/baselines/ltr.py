@@ -250,7 +250,8 @@ class LTRModel:
         booster = lgb.Booster(model_file=str(folder / "model.txt"))
         booster.best_iteration = int(meta["info"].get("best_iteration", 0))
         cfg = LTRConfig(**meta["config"])
-        spec = FeatureSpec.from_dict(meta["feature_spec"])
+        fs = meta.get("feature_spec")  # absent in folders written before specs were saved
+        spec = DEFAULT_SPEC if fs is None else FeatureSpec.from_dict(fs)
         return cls(booster, np.asarray(meta["edges"]), cfg, meta["info"], spec)
 
 
