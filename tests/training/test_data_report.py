@@ -137,3 +137,22 @@ def test_absent_aspects_and_marginal_propensities_are_refused_where_they_would_b
                  "--no-progress"]) == 2  # fmt: skip
     assert "needs the feedback aspects ['like']" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_simulated_dataset_gets_slate_ncis_for_every_aspect(tiny_data, tmp_path):
+    ds = tiny_data[0]
+    from training.eval.data_report import run_data_report
+
+    path = run_data_report(
+        "baselines", ds.root, [0], tmp_path / "rep", log=None,
+        budget_overrides={"models": "fm", "epochs": "1", "train_impressions": "3000",
+                          "temperatures": "1.0"},
+    )  # fmt: skip
+    summary = json.loads((path.parent / "summary.json").read_text())
+    ncis = summary["per_seed"][0]["models"]["fm"]["ncis"]
+    assert ncis["estimator"] == "slate"  # no propensity key: simulated, conditional
+    assert list(ncis["aspects"]) == ["click", "like", "follow", "comment", "hate", "long_view",
+                                     "watch_time"]  # fmt: skip
+    click = ncis["aspects"]["click"]
+    assert 0 < click["value"] < 10 and click["logged"] > 0
+    assert "Absent" not in path.read_text()

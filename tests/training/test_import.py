@@ -13,14 +13,8 @@ import pytest
 
 from contract.schema import FEEDBACK
 from training.cli import main
-from training.data.importer import (
-    check_slots,
-    import_log,
-    load_mapping,
-    sessions,
-    stable_id,
-    timestamps_ms,
-)
+from training.data.importer import check_slots, import_log, sessions, stable_id, timestamps_ms
+from training.data.mapping import load_mapping
 from training.data.pipeline import Dataset
 from training.sim.config import ConfigError
 

@@ -81,7 +81,7 @@ from contract.schema import (
     LogValidationError,
     log_table,
 )
-from training.data.pipeline import DatasetBuilder
+from training.data.pipeline import DatasetBuilder, session_pieces
 from training.sim.config import ConfigError
 from training.sim.world import (
     ACTIVE_DEGREE_IDS,
@@ -521,20 +521,6 @@ def log_rows(rows: dict[str, np.ndarray]) -> pa.Table:
     return table.set_column(ts, LOG_SCHEMA.field(ts), pa.array(rows["timestamp"], pa.int64()))
 
 
-def _session_pieces(table: pa.Table, rows: int) -> list[pa.Table]:
-    """Slices of about ``rows`` rows cut only between sessions."""
-    sid = table.column("session_id").to_numpy()
-    starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
-    out, lo = [], 0
-    while lo < table.num_rows:
-        j = np.searchsorted(starts, lo + rows)
-        hi = int(starts[j]) if j < len(starts) else table.num_rows
-        hi = max(hi, lo + 1)
-        out.append(table.slice(lo, hi - lo))
-        lo = hi
-    return out
-
-
 # ---------------------------------------------------------------------------------------
 # The conversion
 
@@ -614,7 +600,7 @@ def convert_kuairand(
             del day_rows
             seen_users.append(np.unique(table.column("user_id").to_numpy()))
             seen_items.append(np.unique(table.column("item_id").to_numpy()))
-            for piece in _session_pieces(table, min(_PIECE_ROWS, shard_rows)):
+            for piece in session_pieces(table, min(_PIECE_ROWS, shard_rows)):
                 builder.writer.write(piece, day)  # type: ignore[union-attr]
             builder.writer.flush()  # type: ignore[union-attr]
             shutil.rmtree(spill / str(d))

@@ -240,6 +240,21 @@ class DatasetBuilder:
         os.replace(self.tmp, self.out)
 
 
+def session_pieces(table: pa.Table, rows: int) -> list[pa.Table]:
+    """Slices of about ``rows`` rows of a table grouped by session, cut only between sessions
+    (a session longer than ``rows`` is one slice): what :meth:`ShardWriter.write` takes."""
+    sid = table.column("session_id").to_numpy()
+    starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+    out, lo = [], 0
+    while lo < table.num_rows:
+        j = np.searchsorted(starts, lo + rows)
+        hi = int(starts[j]) if j < len(starts) else table.num_rows
+        hi = max(hi, lo + 1)
+        out.append(table.slice(lo, hi - lo))
+        lo = hi
+    return out
+
+
 def chronological_split(
     shards: list[dict[str, Any]], valid_days: int = 1, test_days: int = 1
 ) -> dict[str, list[str]]:

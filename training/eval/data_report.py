@@ -148,27 +148,16 @@ def _slot_targets(score: Scorer, req: Any, side: Any, temperatures: Sequence[flo
     return out
 
 
-def _slate_logprob(score: Scorer, req: Any, temperature: float, batch: int = 256) -> np.ndarray:
-    """``(R,)`` log-probability of each logged slate under ``softmax(score / T)`` over the
-    logged candidates not yet placed, slot by slot (the conditional-propensity target)."""
-    from training.data.features import candidate_ids
+class _LoggedScores:
+    """A :data:`Scorer` in the shape :func:`training.eval.slates.logged_slot_scores` reads."""
 
-    k = req.list_size
-    c = req.cand_item.shape[1]
-    out = np.zeros(req.n_requests)
-    for lo in range(0, req.n_requests, batch):
-        r = np.arange(lo, min(lo + batch, req.n_requests))
-        for slot in range(k):
-            rr = r[req.n_shown[r] > slot]
-            if rr.size == 0:
-                break
-            s = score(rr, slot, candidate_ids(req, rr, np.full(rr.size, slot)))
-            avail = req.cand_mask[rr] & (np.arange(c)[None, :] >= slot)
-            z = np.where(avail, s / temperature, -np.inf)
-            mx = z.max(axis=1, keepdims=True)
-            lse = mx[:, 0] + np.log(np.exp(z - mx).sum(axis=1))
-            out[rr] += z[:, slot] - lse
-    return out
+    def __init__(self, score: Scorer) -> None:
+        self.score = score
+
+    def logged_scores(self, req: Any, r: np.ndarray, t: np.ndarray) -> np.ndarray:
+        from training.data.features import candidate_ids
+
+        return self.score(r, int(t[0]), candidate_ids(req, r, t))
 
 
 def ncis_of(score: Scorer, req: Any, side: Any, kind: str, aspects: Sequence[str],
@@ -188,8 +177,12 @@ def ncis_of(score: Scorer, req: Any, side: Any, kind: str, aspects: Sequence[str
                                      live, cap) for a in aspects}  # fmt: skip
         return {"estimator": "item-position", "temperature": best, "aspects": res}
     check_propensity(kind, "slate")
-    lb = np.log(req.propensity).sum(axis=1)
-    lr = {t: _slate_logprob(score, req, t) - lb for t in cfg.temperatures}
+    from training.eval.slates import behaviour_log_prob, logged_slot_scores
+    from training.eval.slates import slate_log_prob_from_scores as slate_lp
+
+    scores = logged_slot_scores(_LoggedScores(score), req)  # type: ignore[arg-type]
+    lb = behaviour_log_prob(req)
+    lr = {t: slate_lp(scores, req, t) - lb for t in cfg.temperatures}
     best = max(cfg.temperatures, key=lambda t: ess(np.exp(lr[t] - lr[t].max())))
     w = np.exp(lr[best] - lr[best].max())
     cap = float(np.quantile(w, cfg.cap_quantile))
