@@ -274,3 +274,18 @@ def test_fixture_generator_is_reproducible():
     committed = pq.read_table(FIXTURE / "impressions.parquet").to_pandas()
     pd.testing.assert_frame_equal(log, committed, check_dtype=False)
     pd.testing.assert_frame_equal(users, pd.read_csv(FIXTURE / "users.csv"), check_dtype=False)
+
+
+def test_side_tables_without_declared_fields_tag_or_author(tmp_path):
+    path = _write_small(tmp_path)
+    m = json.loads(path.read_text())
+    m["items"] = {"file": "items.csv", "id": "iid"}
+    path.write_text(json.dumps(m))
+    rep = import_log(path, tmp_path / "ds", progress=False)
+    ds = Dataset.open(tmp_path / "ds")
+    assert ds.spec.names("item") == ["item_id"] and rep["items"]["unknown_values"] == {}
+    items = pq.read_table(tmp_path / "ds" / "items.parquet").to_pydict()
+    assert set(items["tag"]) == {0} and set(items["author_raw"]) == {-1}
+    from training.data.validate import validate_dataset
+
+    assert validate_dataset(tmp_path / "ds").ok

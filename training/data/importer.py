@@ -188,11 +188,11 @@ def timestamps_ms(s: pd.Series, unit: str, source: str, column: str) -> np.ndarr
     lo, hi = PLAUSIBLE_MS
     bad = (ms < lo) | (ms >= hi)
     if bad.any():
-        i = np.flatnonzero(bad)[:3]
-        dates = [str(np.datetime64(int(v), "ms"))[:10] for v in ms[i]]
+        first = np.flatnonzero(bad)[:3]
+        dates = [str(np.datetime64(int(v), "ms"))[:10] for v in ms[first]]
         raise _fail(
             source, column,
-            f"values implausible for timestamp_unit {unit!r}: {_sample(s.to_numpy()[i])} read "
+            f"values implausible for timestamp_unit {unit!r}: {_sample(s.to_numpy()[first])} read "
             f"as {', '.join(dates)} (outside 2000-2100); check the unit",
         )  # fmt: skip
     return ms
@@ -408,7 +408,7 @@ def read_side(tm: TableMap, group: Group, log_ids: np.ndarray
 def read_log(m: Mapping, say: Callable[[str], None]) -> pd.DataFrame:
     """The log's mapped columns of every file, checked and typed: request, user, item (int64
     ids), t_ms, pos (0-based), propensity, the aspects, session (when mapped), arm."""
-    parts = []
+    parts: list[pd.DataFrame] = []
     for f in m.log_files:
         t0 = time.perf_counter()
         need = list(m.columns.values()) + list(m.aspects.values())
@@ -599,12 +599,12 @@ def import_log(
                                              np.unique(arranged["item"].to_numpy()))  # fmt: skip
     spec = feature_spec(user_fields, item_fields, m.users, m.items,
                         len(item_rep.get("tag_vocab", [])), bool(m.items.author))  # fmt: skip
-    for rep, group, table in ((user_rep, "user", users), (item_rep, "item", items)):
+    sides: tuple[tuple[dict, Group, dict, list[Field]], ...] = (
+        (user_rep, "user", users, user_fields), (item_rep, "item", items, item_fields))  # fmt: skip
+    for rep, group, table, declared in sides:
         raw = {name: table[name].to_numpy(zero_copy_only=False) for name in table}
         counts = unknown_counts(spec, group, raw)
-        rep["unknown_values"] = {
-            f.name: counts[f.name] for f in (user_fields if group == "user" else item_fields)
-        }
+        rep["unknown_values"] = {f.name: counts[f.name] for f in declared}
     aspects = list(m.aspects)
     builder = DatasetBuilder(out, overwrite=overwrite, shard_rows=shard_rows)
     with builder:
