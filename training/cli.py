@@ -86,31 +86,16 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_drl_train(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from training.drl.train import DRLConfig, run
     from training.harness.config import DRL_RULES, apply_overrides, check_device
-    from training.harness.runfolder import jsonable, output_folder, read_json
+    from training.harness.runfolder import output_folder
 
     cfg = apply_overrides(DRLConfig(), parse_overrides(args.set or []), "drl config", DRL_RULES)
     device = check_device(args.device)
     validate.check_dataset(args.data)  # a bad dataset fails before anything is written
     out = Path(args.out)
-    want = jsonable(dataclasses.asdict(cfg))
-    done = out / "train.json"
-    if args.resume and done.exists():
-        info = read_json(done)
-        if info.get("config") != want:
-            raise ConfigError(f"{out} is a finished run of another config; choose another --out")
-        print(f"{out} is a finished run ({info['instances']:,} instances, {info['steps']:,} "
-              "steps); nothing to resume, nothing changed")  # fmt: skip
+    if _finished_run(out, cfg, args.resume):
         return 0
-    if args.resume and (out / "checkpoint.pt").exists():
-        import torch
-
-        have = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
-        if jsonable(have.get("cfg")) != want:
-            raise ConfigError(f"{out}/checkpoint.pt is of another config; choose another --out")
     if args.threads:
         import torch
 
@@ -141,8 +126,8 @@ def _cmd_drl_train(args: argparse.Namespace) -> int:
 
 def _finished_run(out: Path, cfg: object, resume: bool) -> bool:
     """``--resume`` into a run folder: True (and says so) when ``out`` is a finished run of
-    ``cfg``; a finished run or a checkpoint of another config is refused (ConfigError). The
-    rule of drl-train's block, for mmrf-train."""
+    ``cfg``; a finished run or a checkpoint of another config is refused (ConfigError).
+    drl-train's and mmrf-train's rule."""
     import dataclasses
 
     from training.harness.runfolder import jsonable, read_json
