@@ -71,6 +71,20 @@ def test_a_report_stage_whose_runs_are_missing_fails_and_leaves_nothing(tmp_path
     assert not out.exists()
 
 
+@pytest.mark.parametrize("cmd", ["report", "drl-report"])
+def test_a_report_that_fails_before_any_work_leaves_no_folder(tmp_path, capsys, cmd):
+    # the failure comes after the run folders' bookkeeping is written (a dataset folder of
+    # another world under --datasets): that alone is not work to resume, so nothing is left
+    bad = tmp_path / "datasets" / "sim-tiny-s0"
+    bad.mkdir(parents=True)
+    (bad / "dataset.json").write_text("{}")
+    out = tmp_path / "report"
+    args = [cmd, "--preset", "tiny", "--seeds", "0", "--out", str(out), "--datasets",
+            str(tmp_path / "datasets"), "--no-progress"]  # fmt: skip
+    assert main(args + (["--only", "drl"] if cmd == "drl-report" else [])) == 2
+    assert "another world" in capsys.readouterr().err and not out.exists()
+
+
 # ---- default-bundle writes under --out and the folders it is given ----
 
 

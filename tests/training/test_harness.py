@@ -214,6 +214,21 @@ def test_a_failure_leaves_no_folder_it_created(tmp_path):
     assert not out.exists()
 
 
+def test_holds_work_counts_finished_work_inside_the_folder_only(tmp_path):
+    from training.harness.command import holds_work
+
+    out, named = tmp_path / "out", tmp_path / "named"
+    (out / "runs" / "seed0").mkdir(parents=True)
+    (out / "runs" / "seed0" / "config.json").write_text("{}")  # bookkeeping, not work
+    (named / "d").mkdir(parents=True)
+    (named / "d" / "dataset.json").write_text("{}")  # work, but outside out
+    test = holds_work((named, "*/dataset.json"), (out / "runs", "seed*/models/*.pt"))
+    assert not test(out)
+    (out / "runs" / "seed0" / "models").mkdir()
+    (out / "runs" / "seed0" / "models" / "fm.pt").write_bytes(b"")
+    assert test(out)
+
+
 def test_cached_computes_once_per_inputs(tmp_path):
     calls = []
 

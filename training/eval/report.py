@@ -20,7 +20,7 @@ from typing import Any
 
 from training.eval.baselines_render import build_report
 from training.eval.baselines_run import eval_preset, run_seed
-from training.harness.command import report_folders, run_report_command
+from training.harness.command import holds_work, report_folders, run_report_command
 from training.harness.config import check_seeds
 
 __all__ = ["run_report"]
@@ -64,5 +64,5 @@ def run_report(
 
     return run_report_command(
         f.out, run, build, resume=resume, overwrite=overwrite, log=log,
-        resumable=lambda _: any(f.runs.glob("seed*/config.json")),
+        resumable=holds_work((f.data, "*/dataset.json"), (f.runs, "seed*/models/*.pt")),
     )  # fmt: skip

@@ -47,6 +47,20 @@ def report_folders(
                          Path(data_root) if data_root else o / "datasets")  # fmt: skip
 
 
+def holds_work(*globs: tuple[Path, str]) -> Callable[[Path], bool]:
+    """A ``resumable`` test for :func:`run_report_command`: whether a ``(folder, pattern)`` glob
+    matches a file inside the output folder, i.e. it holds finished work (a generated dataset, a
+    trained model, a checkpoint) that ``--resume`` continues. Bookkeeping alone (a run folder's
+    config) is not work, and work in named folders outside it is not lost with it."""
+
+    def test(out: Path) -> bool:
+        top = out.resolve()
+        return any(m.resolve().is_relative_to(top) for folder, pattern in globs
+                   for m in folder.glob(pattern))  # fmt: skip
+
+    return test
+
+
 def run_report_command(
     out: Path,
     run: Callable[[Log], T],

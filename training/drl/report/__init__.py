@@ -75,7 +75,12 @@ from training.drl.report.plan import (
 from training.drl.report.render import build_report
 from training.drl.report.runs import run_seed, same_config, train_prefix
 from training.harness.claims import direction_status, ratio_status
-from training.harness.command import NotRunnable, report_folders, run_report_command
+from training.harness.command import (
+    NotRunnable,
+    holds_work,
+    report_folders,
+    run_report_command,
+)
 from training.harness.config import check_device, check_seeds
 from training.harness.stats import pooled, relaimpr_columns
 from training.sim.config import ConfigError
@@ -171,5 +176,6 @@ def run_drl_report(
 
     return run_report_command(
         f.out, run, build, resume=resume, overwrite=overwrite, log=log, keep=("analysis.md",),
-        resumable=lambda _: any(root.glob("seed*/*/train.json")),
+        resumable=holds_work((f.data, "*/dataset.json"), (root, "seed*/*/checkpoint.pt"),
+                             (root, "seed*/*/model.pt")),
     )  # fmt: skip
