@@ -222,6 +222,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "code_version": m.get("code_version"),
         "counts": m.get("counts"),
         "split_shards": {k: len(v) for k, v in m["split"].items()},
+        # what the log declares (README "Bring your own logs"), defaults where it does not
+        "slots": m.get("slots", "contiguous"),
+        "aspects": ", ".join(ds.aspects),
+        "propensity": m.get("propensity", "conditional"),
+        "fields": ", ".join(ds.spec.names()),
     }
     print(json.dumps(out, indent=2))
     return 0

