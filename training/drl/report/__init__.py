@@ -1,7 +1,7 @@
 """The DRL-Rec report: the paper's Tables 2-4, Fig. 4 and a negative control, on simulated worlds.
 
-    ranker drl-report --preset default --seeds 0 1 2 --out results/drl
-    ranker drl-report --preset tiny --seeds 0 1 2                # a smoke run -> results/drl-tiny
+    ranker drl-report --preset default --seeds 0 1 2 --out reports/drl
+    ranker drl-report --preset tiny --seeds 0 1 2 --out reports/drl-tiny   # a smoke run
 
 What it runs (:func:`build_plan`), per seed ``s`` (world seed ``s``, ``DRLConfig(seed=s)``):
 
@@ -26,10 +26,11 @@ What it runs (:func:`build_plan`), per seed ``s`` (world seed ``s``, ``DRLConfig
   bytes, multiply-adds, measured ms per request for a list of 10 from 200 candidates).
 
 Every run has a fixed training budget (``max_instances`` real instances, times ``--scale``) and
-its own folder ``runs/drl-report/<preset>/seed<s>/<name>/`` (``checkpoint.pt``, ``train.json``
-with the test evaluation added, ``scores.npz``). A folder whose ``train.json`` holds an
-evaluation of the same config is finished and skipped; a run cut short resumes from its
-checkpoint. ``--only`` restricts what is *run*; the report shows every finished run it finds.
+its own folder ``<runs>/<preset>/seed<s>/<name>/`` (``--runs``, default ``<out>/runs``), with
+``checkpoint.pt``, ``train.json`` (the test evaluation added) and ``scores.npz``. A folder
+whose ``train.json`` holds an evaluation of the same config is finished and skipped; a run
+cut short resumes from its checkpoint. ``--only`` restricts what is *run*; the report shows
+every finished run it finds.
 
 Offline evaluation: click AUC of each model's score on the same user sample of the test split
 (whole sessions of a hashed random share of users, ``test_impressions`` impressions): the Q value
