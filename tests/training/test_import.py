@@ -300,3 +300,15 @@ def test_info_shows_what_an_imported_log_declares(tmp_path, capsys):
     assert (info["slots"], info["aspects"], info["propensity"]) == (
         "contiguous", "click, watch_time", "conditional")  # fmt: skip
     assert info["fields"].startswith("user_id, age, country, hour, req_index, item_id, author_id")
+
+
+def test_labels_of_an_absent_aspect_are_refused_not_read_as_zeros(tmp_path):
+    from training.data.features import SideTables, build_requests
+
+    import_log(_write_small(tmp_path), tmp_path / "ds", progress=False)
+    ds = Dataset.open(tmp_path / "ds")
+    req = build_requests(ds.read("train"), SideTables.from_tables(ds.users(), ds.items(), ds.spec))
+    assert req.aspects == ("click", "watch_time")
+    assert req.label("click").shape == (req.n_impressions,)
+    with pytest.raises(ValueError, match="aspect 'like' is absent from this log"):
+        req.label("like")

@@ -191,6 +191,9 @@ class Requests:
     imp_ids: np.ndarray  # (G, n_fields) field ids of each impression, spec order
     imp_sess_start: np.ndarray  # (G,) flat index of the first impression of its session
     spec: FeatureSpec = DEFAULT_SPEC  # the rules of every id above (the side tables' spec)
+    #: the feedback aspects the rows have; the others (null in the log: declared absent) are 0
+    #: in ``feedback`` and refused by :meth:`label`
+    aspects: tuple[str, ...] = FEEDBACK
 
     @property
     def n_requests(self) -> int:
@@ -205,7 +208,11 @@ class Requests:
         return int(self.feedback.shape[1])
 
     def label(self, aspect: str = "click") -> np.ndarray:
-        """``(G,)`` feedback of every impression for one aspect."""
+        """``(G,)`` feedback of every impression for one aspect. Raises ValueError for an
+        aspect the log does not have (null on every impression: its 0s are not labels)."""
+        if aspect not in self.aspects:
+            raise ValueError(f"aspect {aspect!r} is absent from this log (it has "
+                             f"{list(self.aspects)}); its values are not labels")  # fmt: skip
         j = FEEDBACK.index(aspect)
         return self.feedback[self.imp_req, self.imp_slot, j]
 
@@ -251,6 +258,8 @@ def build_requests(
         col[n] = col[n][order]
     pos, shown_row = pos[order], shown_row[order]
     fb = {}
+    # an aspect null on every impression is absent (``dataset.json`` aspects), not negative
+    absent = {a for a in FEEDBACK if shown_row.any() and table.column(a).null_count == n_rows}
     for name in FEEDBACK:
         arr = table.column(name).to_numpy(zero_copy_only=False)[order]
         fb[name] = np.nan_to_num(np.asarray(arr, dtype=np.float64), nan=0.0)
@@ -340,6 +349,7 @@ def build_requests(
         imp_ids=np.zeros((g_total, spec.n_fields), dtype=np.int64),
         imp_sess_start=imp_start[sess_start[sess_idx]][imp_req].astype(np.int64),
         spec=spec,
+        aspects=tuple(a for a in FEEDBACK if a not in absent),
     )
     if g_total:
         cand12 = candidate_ids(req, imp_req, imp_slot, cols=imp_slot[:, None])[:, 0]
