@@ -229,6 +229,15 @@ def test_holds_work_counts_finished_work_inside_the_folder_only(tmp_path):
     assert test(out)
 
 
+def test_para_writes_its_lines_then_one_blank_line():
+    from training.harness.render import para
+
+    lines: list[str] = []
+    para(lines.append, "## Title")
+    para(lines.append, "a", "b")
+    assert lines == ["## Title", "", "a", "b", ""]
+
+
 def test_cached_computes_once_per_inputs(tmp_path):
     calls = []
 

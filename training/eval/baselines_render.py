@@ -32,6 +32,7 @@ from training.harness.render import (
     json_block,
     mmss,
     num,
+    para,
     pct,
     pm,
     status,
@@ -66,11 +67,9 @@ def build_report(
     w = lines.append
     checks = sanity_checks(agg)
     failed = failed_checks(checks, cfg.expected_findings)
-    w(f"# Baselines report: `{preset_name}` world, seeds {', '.join(map(str, agg['seeds']))}")
-    w("")
+    para(w, f"# Baselines report: `{preset_name}` world, seeds {', '.join(map(str, agg['seeds']))}")
     findings_section(w, findings(agg, checks, cfg))
-    w("## Setup")
-    w("")
+    para(w, "## Setup")
     cmd = command or (f"ranker report --preset {preset_name} --seeds "
                       f"{' '.join(map(str, agg['seeds']))} --out {out}")  # fmt: skip
     w(f"- Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by `{cmd}`")
@@ -91,38 +90,27 @@ def build_report(
       f"valid {ds['split_days']['valid']}, test {ds['split_days']['test']}")  # fmt: skip
     imps = ", ".join(f"seed {s['seed']}: {s['dataset']['counts']['impressions']:,}"
                      for s in summaries)  # fmt: skip
-    w(f"- Logged impressions per world: {imps}")
-    w("")
-    w("## Timing")
-    w("")
+    para(w, f"- Logged impressions per world: {imps}")
+    para(w, "## Timing")
     _timing_section(w, agg, wall_seconds)
     w("")
-    w("## Sanity checks")
-    w("")
+    para(w, "## Sanity checks")
     _sanity_section(w, agg, cfg, checks)
     w("")
-    w("## Offline (test split)")
-    w("")
+    para(w, "## Offline (test split)")
     _offline_section(w, agg, cfg, summaries)
     w("")
-    w(f"![AUC per model]({plots['auc']})")
-    w("")
-    w("## Online (simulated A/B, common random numbers)")
-    w("")
+    para(w, f"![AUC per model]({plots['auc']})")
+    para(w, "## Online (simulated A/B, common random numbers)")
     _online_section(w, agg, cfg, summaries)
     w("")
-    w(f"![ACN per arm]({plots['acn']})")
-    w("")
-    w(f"![Relative change vs logging]({plots['relative']})")
-    w("")
-    w("## Off-policy estimate (NCIS) against the online truth")
-    w("")
+    para(w, f"![ACN per arm]({plots['acn']})")
+    para(w, f"![Relative change vs logging]({plots['relative']})")
+    para(w, "## Off-policy estimate (NCIS) against the online truth")
     _ncis_section(w, agg, cfg)
     w("")
-    w(f"![NCIS vs online]({plots['ncis']})")
-    w("")
-    w("## Configuration")
-    w("")
+    para(w, f"![NCIS vs online]({plots['ncis']})")
+    para(w, "## Configuration")
     _config_section(w, cfg, summaries)
     w("")
     path = out / "report.md"
@@ -152,9 +140,8 @@ def _timing_section(w: Callable[[str], None], agg: Mapping[str, Any], wall: floa
     for seed, t in zip(agg["seeds"], tm, strict=True):
         w(f"| {seed} | " + " | ".join(mmss(t[s]) for s in stages) + f" | {mmss(t['total'])} |")
     total = sum(t["total"] for t in tm)
-    w("| all | " + " | ".join(mmss(sum(t[s] for t in tm)) for s in stages)
+    para(w, "| all | " + " | ".join(mmss(sum(t[s] for t in tm)) for s in stages)
       + f" | **{mmss(total)}** |")  # fmt: skip
-    w("")
     w(f"The stage times sum to **{mmss(total)}**: the time to build this report from nothing "
       "(dataset generation included), each stage timed in the run that computed it.")  # fmt: skip
     if wall is not None:
@@ -166,11 +153,11 @@ def _sanity_section(
     w: Callable[[str], None], agg: Mapping[str, Any], cfg: EvalConfig,
     checks: Sequence[Mapping[str, Any]],
 ) -> None:  # fmt: skip
-    w(
+    para(
+        w,
         "A failed check makes `ranker report` exit non-zero unless it is declared an expected "
-        f"finding (`--budget expected_findings=...`; now: {', '.join(cfg.expected_findings)})."
+        f"finding (`--budget expected_findings=...`; now: {', '.join(cfg.expected_findings)}).",
     )
-    w("")
     w("| check | measured | verdict |")
     w("|---|---|---|")
     titles = {"acn": "online ACN (clicks/user)", "cpr": "online clicks/request"}
@@ -212,13 +199,12 @@ def _offline_section(
     off = agg["offline"]
     n_train = off["fm"]["n_train"]
     n_test = off["fm"]["n_test"]
-    w(f"Click AUC, RelaImpr over FM and GAUC (per-user AUC weighted by impressions) on a "
+    para(w, f"Click AUC, RelaImpr over FM and GAUC (per-user AUC weighted by impressions) on a "
       f"user sample of the test day ({', '.join(f'{n:,}' for n in n_test)} impressions per "
       f"seed); models trained on {', '.join(f'{n:,}' for n in n_train)} train impressions "
       f"(sessions sampled), early-stopped on the valid day. Mean ± std over "
       f"{len(agg['seeds'])} seeds. AUC like / long_view: the same scores ranked against those "
       f"aspects.")  # fmt: skip
-    w("")
     w("| model | AUC | RelaImpr | GAUC | AUC like | AUC long_view | epochs | params |")
     w("|---|---:|---:|---:|---:|---:|---:|---:|")
     for m in cfg.models:
@@ -263,18 +249,18 @@ def _online_section(
         w(f"Shortlist check (first requests of the test day, full greedy vs shortlist): "
           f"{'; '.join(parts)}.")  # fmt: skip
     w("")
-    w(
+    para(
+        w,
         "Mean over seeds, with the 95% interval of that mean (per-user / per-session normal "
-        "intervals, seeds pooled):"
+        "intervals, seeds pooled):",
     )
-    w("")
     _online_table(w, agg, "value", lambda v: ci(v, fmt=compact))
     w("")
-    w(
+    para(
+        w,
         "Relative change vs the `logging` arm (%), paired over the same users / sessions "
-        "(delta-method intervals, seeds pooled):"
+        "(delta-method intervals, seeds pooled):",
     )
-    w("")
     _online_table(w, agg, "rel", lambda r: ci(r, 2, as_pct=True))
 
 
@@ -289,7 +275,7 @@ def _online_table(
 
 
 def _ncis_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: EvalConfig) -> None:
-    w("NCIS estimates clicks per logged *request* (one slate) from the test-day logs; the "
+    para(w, "NCIS estimates clicks per logged *request* (one slate) from the test-day logs; the "
       "online value is the same policy's clicks per request in the online run (total clicks / "
       "total requests), both with user-cluster bootstrap 95% intervals. Slate probabilities "
       "are products over slots: the logging policy's logged propensities (exact: it is a "
@@ -302,7 +288,6 @@ def _ncis_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: EvalCon
       "bias = NCIS − online, interval sqrt(h_ncis² + h_online²). "
       "The logging policy's NCIS uses every test-day request; the others a user sample of "
       f"about {cfg.ncis_requests:,} requests.")  # fmt: skip
-    w("")
     w("| policy | T | cap q | NCIS | online | bias | rel. bias | ESS / n | clipped | within |")
     w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for pol, n in agg["ncis"].items():

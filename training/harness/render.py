@@ -118,6 +118,13 @@ def chance_line(ax: Any, label: str = "chance (AUC 0.5)") -> None:
     reference_line(ax, 0.5, label, color="black", style=":")
 
 
+def para(w: Any, *texts: str) -> None:
+    """Each of ``texts`` as a line, then a blank line: a Markdown heading or paragraph."""
+    for t in texts:
+        w(t)
+    w("")
+
+
 def findings_section(w: Any, findings: Sequence[str]) -> None:
     """The summary of findings at the top of a report (sentences computed from the numbers)."""
     w("## Summary of findings")

@@ -17,6 +17,7 @@ from training.drl.report.plan import (
 from training.harness.render import (
     ci,
     mmss,
+    para,
     pm,
 )
 
@@ -30,18 +31,16 @@ def variants_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: Repo
     has_tau = not math.isnan(tau["student"][0])
     if not has_tau and not hz.get("base") and not hz.get("control"):
         return
-    w("## Variants beyond the paper: the KL temperature and a per-request discount")
-    w("")
-    w(
+    para(w, "## Variants beyond the paper: the KL temperature and a per-request discount")
+    para(
+        w,
         "Two findings of the runs above, each tested with one more run per seed. Neither changes "
         "the headline configuration (METHODS.md: tau = 10, gamma per slot), and nothing here is "
-        "chosen on the test split: these rows say *why* two of the paper's effects are absent."
+        "chosen on the test split: these rows say *why* two of the paper's effects are absent.",
     )
-    w("")
     base_t = cfg.drl_config(0).temperature
     if has_tau:
-        w(f"### The list-wise KL at tau = {tau['tau']:g}")
-        w("")
+        para(w, f"### The list-wise KL at tau = {tau['tau']:g}")
         w("| run | student AUC | KL / TD (last window, mean over seeds) | Δ AUC vs no KL |")
         w("|---|---:|---:|---:|")
         kr = tau["kl_over_td"]
@@ -50,33 +49,31 @@ def variants_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: Repo
         w(f"| DRL-Rec, tau = {base_t:g} (`drl`) | {pm(drl_auc) if drl_auc else 'n/a'} | "
           f"{_sci(kr.get('drl'))} | {ci(tau['drl_vs_no_kl'])} |")  # fmt: skip
         tau_run = f"tau{tau['tau']:g}"
-        w(f"| DRL-Rec, tau = {tau['tau']:g} (`{tau_run}`) | {pm(tau['student'])} | "
+        para(w, f"| DRL-Rec, tau = {tau['tau']:g} (`{tau_run}`) | {pm(tau['student'])} | "
           f"{_sci(kr.get(tau_run))} | {ci(tau['vs_no_kl'])} |")  # fmt: skip
-        w("")
-        w(
+        para(
+            w,
             f"tau = {tau['tau']:g} minus tau = {base_t:g}: {ci(tau['vs_drl'])} (paired, pooled "
             "over seeds). With the tau^2 factor the KL is, for small differences, about half "
             "the variance over the list of Q_teacher - Q_student whatever tau (tau only "
             "reweights the list's items), so a smaller tau does not make the term larger; the "
-            "last column says whether distillation through it moves the student's AUC."
+            "last column says whether distillation through it moves the student's AUC.",
         )
-        w("")
     b, c = hz.get("base"), hz.get("control")
     if b or c:
         gamma = cfg.drl_config(0).gamma
         k = world_config(cfg, agg["seeds"][0], "base").list_size
-        w("### Discounting per request instead of per slot")
-        w("")
-        w(
+        para(w, "### Discounting per request instead of per slot")
+        para(
+            w,
             f'`DRLConfig.discount = "request"`: no discount between the slots of one request, '
             f"gamma = {gamma:g} where the next state is the session's next request (terminal at "
             "the session's end). Q(s_t, a) then values the rest of the list plus "
             f"{gamma:g} x the next request's value, instead of weighing the next request by "
             f"{gamma:g}^{k} = {gamma**k:.0e}. The leave hazard and cross-request fatigue act "
             "exactly there. `request_gamma0` keeps the list's own future and drops the next "
-            "request: the pair isolates the cross-request term."
+            "request: the pair isolates the cross-request term.",
         )
-        w("")
         auc = hz.get("auc", {})
         if auc:
             w("| run | discount | gamma | student AUC |")
@@ -124,18 +121,17 @@ def slate_truth_section(w: Callable[[str], None], agg: Mapping[str, Any]) -> Non
     t = agg.get("slate_truth")
     if not t:
         return
-    w("### What the policies place: the first list of a session, by the world's truth")
-    w("")
-    w(
+    para(w, "### What the policies place: the first list of a session, by the world's truth")
+    para(
+        w,
         f"The same first requests of the test day (users of the online population; "
         f"{', '.join(f'{n:,}' for n in t['requests'])} requests per seed) ranked by each policy, "
         "the placed items scored by the world: click probability at their slot, mean "
         "satisfaction logit (it drives the leave hazard after each request) and the share of "
         "clickbait items (high appeal, low satisfaction). Mean ± std over seeds "
         f"{', '.join(map(str, t['seeds']))}. Oracles are greedy on the truth: `click_oracle` on "
-        "the click probability, `long_term_oracle` on click + 0.1 satisfaction."
+        "the click probability, `long_term_oracle` on click + 0.1 satisfaction.",
     )
-    w("")
     w("| policy | p(click) | satisfaction logit | clickbait share |")
     w("|---|---:|---:|---:|")
     for arm, r in t["rows"].items():
@@ -149,21 +145,19 @@ def _sci(x: float | None) -> str:
 
 
 def control_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: ReportConfig) -> None:
-    w("## Negative control: future rewards without long-term mechanisms")
-    w("")
+    para(w, "## Negative control: future rewards without long-term mechanisms")
     ctl = agg["control"]
     if not ctl:
-        w("Not run.")
-        w("")
+        para(w, "Not run.")
         return
-    w(
+    para(
+        w,
         "World: the same preset with drift, cross-request fatigue and the satisfaction-dependent "
         "leave hazard switched off (`long_term_off`): nothing a ranking does now changes later "
         "requests, so valuing future rewards (gamma 0.4) has nothing to gain over gamma 0. Both "
         "DRL-Rec runs trained on that world's logs, compared online on its test day(s); relative "
-        f"change of ACN (paired per user, pooled over seeds {', '.join(map(str, ctl['seeds']))})."
+        f"change of ACN (paired per user, pooled over seeds {', '.join(map(str, ctl['seeds']))}).",
     )
-    w("")
     w("| comparison | ACN change | verdict |")
     w("|---|---:|---|")
     for who in ("student", "teacher"):
@@ -185,27 +179,26 @@ def control_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: Repor
     w("")
     gamma = cfg.drl_config(0).gamma
     k = world_config(cfg, agg["seeds"][0], "base").list_size
-    w(
+    para(
+        w,
         f"Horizon: gamma discounts per slot (the last slot's next state is the next request's "
         f"first slot), so a reward one request ({k} slots) ahead weighs gamma^{k} = "
         f"{gamma**k:.1e} and the effective horizon 1 / (1 - gamma) is {1 / (1 - gamma):.2g} slots. "
         "The world's long-term mechanisms act across requests and sessions (the leave hazard "
         "after each request, cross-request fatigue, drift between sessions), mostly beyond what "
-        "gamma 0.4 weighs; the contrast row shows how much it gains where they are on."
+        "gamma 0.4 weighs; the contrast row shows how much it gains where they are on.",
     )
-    w("")
 
 
 def gap_section(w: Callable[[str], None], agg: Mapping[str, Any]) -> None:
     if not agg["gaps"]:
         return
-    w("## Student minus teacher, per variant")
-    w("")
-    w(
+    para(w, "## Student minus teacher, per variant")
+    para(
+        w,
         "Paired AUC difference (student - teacher of the same run) in every DRL-Rec variant: "
-        "where the distilled student overtakes its teacher, and which switch moves the gap."
+        "where the distilled student overtakes its teacher, and which switch moves the gap.",
     )
-    w("")
     w("| run | student - teacher | seeds |")
     w("|---|---:|---:|")
     for g in agg["gaps"]:
@@ -214,8 +207,7 @@ def gap_section(w: Callable[[str], None], agg: Mapping[str, Any]) -> None:
 
 
 def diagnostics_section(w: Callable[[str], None], agg: Mapping[str, Any], seeds: Sequence[int]):
-    w("## Training diagnostics (last logged window, first seed)")
-    w("")
+    para(w, "## Training diagnostics (last logged window, first seed)")
     s = seeds[0]
     runs = agg["collected"][s]["runs"]
     keys = ["losses/td_teacher", "losses/td_student", "losses/kl", "losses/hint",
@@ -234,12 +226,10 @@ def diagnostics_section(w: Callable[[str], None], agg: Mapping[str, Any], seeds:
 
 def timing_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: ReportConfig,
                     seeds: Sequence[int], wall: float | None) -> None:  # fmt: skip
-    w("## Timing")
-    w("")
+    para(w, "## Timing")
     tm = agg["timing"]
-    w(f"Seconds per run as recorded when it ran (torch on {cfg.threads} thread, device "
+    para(w, f"Seconds per run as recorded when it ran (torch on {cfg.threads} thread, device "
       f"`{cfg.device}`; mean over the seeds that ran it):")  # fmt: skip
-    w("")
     w("| run | train | eval | instances/s | seeds |")
     w("|---|---:|---:|---:|---:|")
     for name, r in tm["per_run"].items():
@@ -248,10 +238,10 @@ def timing_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: Report
             f"{np.mean(r['ips']):,.0f} | {len(r['train'])} |"
         )
     w("")
-    w(
+    para(
+        w,
         f"Total recorded compute (runs, online tests, datasets generated here): "
         f"**{mmss(tm['total_seconds'])}**"
         + (f"; wall clock of the command that wrote this report: {mmss(wall)}" if wall else "")
-        + "."
+        + ".",
     )
-    w("")

@@ -44,6 +44,7 @@ from training.harness.render import (
     findings_section,
     json_block,
     num,
+    para,
     pm,
     status,
 )
@@ -95,11 +96,9 @@ def build_report(
     lines: list[str] = []
     w = lines.append
     seeds_s = ", ".join(map(str, seeds))
-    w(f"# DRL-Rec report: `{preset_name}` world, seeds {seeds_s}")
-    w("")
+    para(w, f"# DRL-Rec report: `{preset_name}` world, seeds {seeds_s}")
     findings_section(w, findings(agg))
-    w("## Setup")
-    w("")
+    para(w, "## Setup")
     w(f"- Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by `{command or 'ranker drl-report'}`")
     versions = sorted({i.get("code_version", "?") for s in seeds
                        for i in agg["collected"][s]["runs"].values()} - {"?"})  # fmt: skip
@@ -126,8 +125,7 @@ def build_report(
       f"seed (whole users of the test day drawn at random; `test_impressions` "
       f"{cfg.test_impressions:,}, 0 = all). No choice is made on the test split.")  # fmt: skip
     w("")
-    w("## Claims of the paper, as measured here")
-    w("")
+    para(w, "## Claims of the paper, as measured here")
     w("Sign claims are **reproduced** when the mean over seeds has the paper's sign and every "
       "seed agrees; Δ is a paired AUC difference on the same test impressions, its 95% interval "
       "from a user-cluster bootstrap pooled over seeds. Cost ratios are reproduced within "
@@ -147,8 +145,7 @@ def build_report(
     w("")
     checks = sanity_checks(agg)
     failed = failed_checks(checks, cfg.expected_findings)
-    w("## Sanity checks")
-    w("")
+    para(w, "## Sanity checks")
     w("A failed check makes `ranker drl-report` exit non-zero unless the report config declares "
       "it an expected finding (`--budget expected_findings=<id>,...`).")  # fmt: skip
     w("")
@@ -171,24 +168,19 @@ def build_report(
     gap_section(w, agg)
     diagnostics_section(w, agg, seeds)
     timing_section(w, agg, cfg, seeds, wall_seconds)
-    w("## Configuration")
-    w("")
+    para(w, "## Configuration")
     json_block(w, "Report config", cfg.to_dict())
     json_block(w, "DRL-Rec base config (seed 0; each run overrides one field)",
                dataclasses.asdict(cfg.drl_config(0)), indent=None)  # fmt: skip
     hrl = json.dumps(dataclasses.asdict(cfg.hrl_config(0)), sort_keys=True)
-    w(f"HRL-Rec config: `{hrl}`")
-    w("")
-    w("Runs per seed: " + "; ".join(f"seed {s}: {len(plan[s])}" for s in seeds)
+    para(w, f"HRL-Rec config: `{hrl}`")
+    para(w, "Runs per seed: " + "; ".join(f"seed {s}: {len(plan[s])}" for s in seeds)
       + ". Negative-control world overrides: "
       + ", ".join(f"`{k}=false`" for k in LONG_TERM_OFF_KEYS) + ".")  # fmt: skip
-    w("")
     analysis = out / "analysis.md"
     if analysis.exists():
-        w("## Analysis (hand-written, `analysis.md`)")
-        w("")
-        w(analysis.read_text().strip())
-        w("")
+        para(w, "## Analysis (hand-written, `analysis.md`)")
+        para(w, analysis.read_text().strip())
     path = out / "report.md"
     write_text(path, "\n".join(lines) + "\n")
     small = {k: v for k, v in agg.items() if k != "collected"}
@@ -206,8 +198,7 @@ def build_report(
 
 
 def _table2_section(w: Callable[[str], None], agg: Mapping[str, Any]) -> None:
-    w("## Table 2 analogue: offline click AUC (test sample)")
-    w("")
+    para(w, "## Table 2 analogue: offline click AUC (test sample)")
     w("RelaImpr over FM per seed, then mean ± std over seeds. Scores: the predicted click logit "
       "(point-wise), Q(s_t, a_t) of the logged impression (teacher, student), the actor's "
       "ranking score <mu(s_t), W a_t> (HRL-Rec).")  # fmt: skip
@@ -235,7 +226,7 @@ def _table2_section(w: Callable[[str], None], agg: Mapping[str, Any]) -> None:
     if ce.get("per_seed"):
         cap = ce["captured"]
         best = max(cap, key=lambda k: cap[k][0]) if cap else None
-        w(
+        para(w,
             "The ceiling row is no model: it scores each test impression by its true click "
             "probability, recomputed by replaying the logging policy for the sample's users "
             "(training/eval/ceiling.py; the replay reproduces the logged impressions and clicks "
@@ -246,24 +237,22 @@ def _table2_section(w: Callable[[str], None], agg: Mapping[str, Any]) -> None:
                         if k in cap)
             + (f"; the best is {best} ({cap[best][0]:.1%})." if best else ".")
         )  # fmt: skip
-        w("")
     c = agg["hrl_critic_auc"]
     if not math.isnan(c[0]):
-        w(
+        para(
+            w,
             f"HRL-Rec's critic Q(s, W a) scores an AUC of {pm(c)} (its actor's ranking score is "
-            "the table's number)."
+            "the table's number).",
         )
-        w("")
 
 
 def _table4_section(w: Callable[[str], None], agg: Mapping[str, Any], plots: Mapping) -> None:
-    w("## Table 4 analogue: ablations")
-    w("")
-    w(
+    para(w, "## Table 4 analogue: ablations")
+    para(
+        w,
         "Student AUC of each variant; Δ = variant - full DRL-Rec on the same impressions (paired, "
-        "95% interval pooled over seeds). Each ablation changes one switch of the full run."
+        "95% interval pooled over seeds). Each ablation changes one switch of the full run.",
     )
-    w("")
     w("| variant | student AUC | RelaImpr | Δ vs DRL-Rec | lower in seeds | teacher AUC | "
       "paper AUC | paper RelaImpr |")  # fmt: skip
     w("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -283,14 +272,15 @@ def _table4_section(w: Callable[[str], None], agg: Mapping[str, Any], plots: Map
             f"{pm(r['teacher_auc'])} | {p[0]:.4f} | {p[1]:.2f}% |"
         )
     w("")
-    w(
+    para(
+        w,
         "Without exploring and filtering a state's KL list holds the real item alone, so the KL "
-        "term is 0 and distillation runs through the hint loss only (training/drl/train.py)."
+        "term is 0 and distillation runs through the hint loss only (training/drl/train.py).",
     )
-    w("")
     sizes = loss_sizes(agg)
     if sizes:
-        w(
+        para(
+            w,
             f"Loss sizes in the full run (first seed, last logged window): TD (student) "
             f"{sizes['td_student']:.3g}, hint {sizes['hint']:.3g}, KL {sizes['kl']:.3g} "
             f"(KL / TD = {sizes['kl_over_td']:.1e})."
@@ -303,24 +293,21 @@ def _table4_section(w: Callable[[str], None], agg: Mapping[str, Any], plots: Map
                 "reason."
                 if sizes["kl_over_td"] < 1e-2
                 else ""
-            )
+            ),
         )
-        w("")
     if plots.get("ablations"):
-        w(f"![Ablations]({plots['ablations']})")
-        w("")
+        para(w, f"![Ablations]({plots['ablations']})")
 
 
 def _fig4_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: ReportConfig,
                   plots: Mapping) -> None:  # fmt: skip
-    w("## Fig. 4 analogues: compression rate, filtered items, input candidates")
-    w("")
-    w(
+    para(w, "## Fig. 4 analogues: compression rate, filtered items, input candidates")
+    para(
+        w,
         "Every point on the seeds that ran the sweep; the base config's point (50%, k = 3, "
         f"{cfg.n_explore} inputs) is the full `drl` run on those seeds. Parameters and "
-        "multiply-adds are the student's over the teacher's, counted from the architecture."
+        "multiply-adds are the student's over the teacher's, counted from the architecture.",
     )
-    w("")
     cc = agg["compression_cost"]
     w("| compression | run | student AUC | teacher AUC | params (student/teacher) | "
       "MACs/request (student/teacher) | seeds |")  # fmt: skip
@@ -334,8 +321,7 @@ def _fig4_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: ReportC
         )
     w("")
     if plots.get("fig4a"):
-        w(f"![Fig. 4a]({plots['fig4a']})")
-        w("")
+        para(w, f"![Fig. 4a]({plots['fig4a']})")
     for key, title in (("n_filtered", "filtered items (top-k per network)"),
                        ("n_explore", "input exploration candidates")):  # fmt: skip
         w(f"| {title} | run | student AUC | teacher AUC | seeds |")
@@ -347,8 +333,7 @@ def _fig4_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: ReportC
             )
         w("")
     if plots.get("fig4b"):
-        w(f"![Fig. 4b]({plots['fig4b']})")
-        w("")
+        para(w, f"![Fig. 4b]({plots['fig4b']})")
     w("The teacher gets no gradient from distillation, and its initialisation and batch stream "
       "do not depend on the compression rate or on k, so its AUC is the same across those "
       "sweeps (a check of the runs' determinism). The input-candidate count changes how many "
@@ -358,14 +343,12 @@ def _fig4_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: ReportC
 
 
 def _table3_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: ReportConfig) -> None:
-    w("## Table 3 analogue: online A/B test and serving cost")
-    w("")
+    para(w, "## Table 3 analogue: online A/B test and serving cost")
     on = agg["online"]
     if not on:
-        w("Online A/B: not run.")
-        w("")
+        para(w, "Online A/B: not run.")
     else:
-        w(f"Simulated A/B test on the test day(s) {on['days']} with fresh sessions "
+        para(w, f"Simulated A/B test on the test day(s) {on['days']} with fresh sessions "
           f"(seed offset {cfg.online_seed_offset}), common random numbers across arms; "
           f"population {on['n_users'][0]:,} random users per seed (active: "
           f"{', '.join(map(str, on['active_users']))}; sessions: "
@@ -373,7 +356,6 @@ def _table3_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: Repor
           "(training/eval/policies.py QPolicy). ACN = clicks per active user; relative changes "
           "are paired (per user), 95% intervals pooled over seeds "
           f"{', '.join(map(str, on['seeds']))}.")  # fmt: skip
-        w("")
         w("| arm | ACN | vs teacher | vs logging | clicks/session | depth/session |")
         w("|---|---:|---:|---:|---:|---:|")
         for arm, r in on["arms"].items():
@@ -383,30 +365,28 @@ def _table3_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: Repor
                 f"{pm(r['depth_per_session'], 2)} |"
             )
         w("")
-        w(
+        para(
+            w,
             f"Paper: DRL-Rec (student) vs the teacher: ACN **+1.38%**. Ours: "
-            f"**{ci(on['student_vs_teacher'], 2, True)}**."
+            f"**{ci(on['student_vs_teacher'], 2, True)}**.",
         )
-        w("")
         if on.get("arm_seconds_ratio"):
-            w(
+            para(
+                w,
                 "Time of the online arms (all requests of a day ranked in batches, the simulator's "
                 f"share included): student / teacher = {on['arm_seconds_ratio'][0]:.2f} "
-                f"(mean over seeds; {', '.join(f'{x:.2f}' for x in on['arm_seconds_ratio'][1])})."
+                f"(mean over seeds; {', '.join(f'{x:.2f}' for x in on['arm_seconds_ratio'][1])}).",
             )
-            w("")
     cost = agg["cost"]
     if not cost:
-        w("Serving cost: not measured.")
-        w("")
+        para(w, "Serving cost: not measured.")
         return
     t, s, r = cost["teacher"], cost["student"], cost["student_over_teacher"]
-    w(f"Serving cost of one list of {cost['want']['k']} from {cost['want']['candidates']} "
+    para(w, f"Serving cost of one list of {cost['want']['k']} from {cost['want']['candidates']} "
       "candidates (benchmarks/drl_cost.py `measure`: cached state, k scorer calls and k state "
       f"steps; torch on the CPU, {cost['threads']} thread, one request at a time, fastest of "
       f"{cost['want']['rounds']} rounds of {cost['want']['requests']} requests; load average "
       f"{cost['load_average']:.1f}):")  # fmt: skip
-    w("")
     w("| | teacher | student | student / teacher | paper |")
     w("|---|---:|---:|---:|---:|")
     paper = PAPER["table3"]
@@ -421,8 +401,7 @@ def _table3_section(w: Callable[[str], None], agg: Mapping[str, Any], cfg: Repor
         pv = f"{paper[pk]:.1%}" if pk else ""
         w(f"| {title} | {t[key]:,} | {s[key]:,} | {r[key]:.1%} | {pv} |")
     w("")
-    w("Multiply-adds scale with width squared (every width halves at 50%), so they fall to "
+    para(w, "Multiply-adds scale with width squared (every width halves at 50%), so they fall to "
       "about a quarter; measured time falls far less, because per-call overheads of small "
       "matrices dominate at this size. The paper's 76.7% 'computation' is closer to the "
       "measured-time ratio.")  # fmt: skip
-    w("")
