@@ -156,3 +156,14 @@ def test_simulated_dataset_gets_slate_ncis_for_every_aspect(tiny_data, tmp_path)
     click = ncis["aspects"]["click"]
     assert 0 < click["value"] < 10 and click["logged"] > 0
     assert "Absent" not in path.read_text()
+
+
+def test_behaviour_slate_log_prob_refuses_marginal_and_unknown_propensities(tiny_data):
+    from training.eval.slates import behaviour_log_prob
+
+    req = tiny_data[2]
+    np.testing.assert_allclose(behaviour_log_prob(req), np.log(req.propensity).sum(axis=1))
+    with pytest.raises(ValueError, match="slate estimator needs conditional"):
+        behaviour_log_prob(req, "marginal")
+    with pytest.raises(ValueError, match="unknown: no propensity-weighted estimate"):
+        behaviour_log_prob(req, "unknown")

@@ -181,7 +181,7 @@ def ncis_of(score: Scorer, req: Any, side: Any, kind: str, aspects: Sequence[str
     from training.eval.slates import slate_log_prob_from_scores as slate_lp
 
     scores = logged_slot_scores(_LoggedScores(score), req)  # type: ignore[arg-type]
-    lb = behaviour_log_prob(req)
+    lb = behaviour_log_prob(req, kind)
     lr = {t: slate_lp(scores, req, t) - lb for t in cfg.temperatures}
     best = max(cfg.temperatures, key=lambda t: ess(np.exp(lr[t] - lr[t].max())))
     w = np.exp(lr[best] - lr[best].max())

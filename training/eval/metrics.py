@@ -367,6 +367,10 @@ def slate_log_prob(log_propensities_per_position: np.ndarray) -> np.ndarray:
     For a target policy that scores items independently per position, plugging in its
     per-position probabilities is the per-position-independence approximation, not an exact
     list probability.
+    Logged propensities qualify only when the dataset declares them ``conditional``; a log's
+    *marginal* per-position propensities do not (their product is not a list's probability:
+    use item-position IPS, :func:`training.eval.propensities.item_position_ncis`), and
+    ``unknown`` ones are not probabilities (:func:`training.eval.propensities.check_propensity`).
 
     Products of K small numbers underflow, so compute importance ratios in log space, e.g.
     ``ncis(np.exp(slate_log_prob(lp_target) - slate_log_prob(lp_behaviour)), np.ones(n), r,

@@ -25,6 +25,7 @@ from training.eval.metrics import (
 )
 from training.eval.online import OnlineResult
 from training.eval.policies import OnlineFeatures, PointwisePolicy, RequestInputs
+from training.eval.propensities import check_propensity
 from training.sim.env import Observation
 
 #: Candidate NCIS caps, as quantiles of the valid importance ratios, tried from the top.
@@ -156,15 +157,19 @@ def slate_log_prob_from_scores(scores: np.ndarray, req: Requests, temperature: f
     return np.where(live, chosen - lse, 0.0).sum(axis=1)
 
 
-def behaviour_log_prob(req: Requests) -> np.ndarray:
+def behaviour_log_prob(req: Requests, propensity: str = "conditional") -> np.ndarray:
     """``(R,)`` log-probability of each logged slate under the logging policy:
     ``sum_k log p_k`` over the request's ``(R, K)`` per-slot propensities (1 where no item
-    was shown).
+    was shown). ``propensity`` is what the dataset's propensities mean (``dataset.json``,
+    :func:`training.eval.propensities.dataset_propensity`): the sum is a slate's
+    log-probability only for ``conditional`` ones.
 
     Raises:
-        ValueError: no requests, or a propensity that is NaN, ``<= 0`` or ``> 1`` (named by
-            request and slot).
+        ValueError: ``propensity`` not ``conditional`` (a product of marginals is not a
+            slate's probability; unknown ones are not probabilities), no requests, or a
+            propensity that is NaN, ``<= 0`` or ``> 1`` (named by request and slot).
     """
+    check_propensity(propensity, "slate")
     p = np.asarray(req.propensity, dtype=np.float64)
     if p.size == 0:
         raise ValueError("req.propensity is empty: no logged requests")
