@@ -67,8 +67,10 @@ class DataReportConfig:
     epochs: int = 3
     batch_size: int = 512
     lr: float = 2e-3
-    drl_instances: int = 20_000
-    """DRL-Rec training instances (``drl-report --data``)."""
+    drl_epochs: int = 4
+    """DRL-Rec passes over the train split (``drl-report --data``)."""
+    drl_instances: int = 0
+    """DRL-Rec training instances at most (0: the epochs decide)."""
     n_explore: int = 100
     """DRL-Rec exploration candidates per state."""
     temperatures: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -254,16 +256,20 @@ def run_seed(kind: str, data: Path, seed: int, cfg: DataReportConfig, run_dir: P
         from training.drl.train import DRLConfig, DRLTrainer, impression_q
         from training.drl.train import train as drl_train
 
-        dcfg = DRLConfig(seed=seed, max_instances=cfg.drl_instances, n_explore=cfg.n_explore)
+        dcfg = DRLConfig(seed=seed, epochs=cfg.drl_epochs, max_instances=cfg.drl_instances,
+                         n_explore=cfg.n_explore)  # fmt: skip
         trainer = DRLTrainer(dcfg, side)
-        drl_train(trainer, ds, out=run_dir / "drl", progress=progress)
+        done = drl_train(trainer, ds, out=run_dir / "drl", progress=progress)
         for name, net in (("teacher", trainer.model.teacher), ("student", trainer.model.student)):
             net.eval()
             scores[name] = impression_q(net, test, dcfg.memory)
             scorers[name] = q_scorer(net, test, dcfg.memory)
-        log(f"seed {seed}: DRL-Rec trained ({cfg.drl_instances:,} instances)")
+        log(f"seed {seed}: DRL-Rec trained ({done['instances']:,} instances)")
+        drl_instances = int(done["instances"])
     out: dict[str, Any] = {"seed": seed, "train_impressions": train.n,
                            "test_impressions": test.n_impressions, "models": {}}  # fmt: skip
+    if kind == "drl":
+        out["drl_instances"] = drl_instances
     for name, s in scores.items():
         out["models"][name] = {"offline": offline_metrics(s, labels, users)}
     if prop != "unknown":
@@ -336,6 +342,9 @@ def render(kind: str, data: Path, meta: Mapping[str, Any], seeds: Sequence[Mappi
         + (f" Absent (skipped in every metric): {', '.join(absent)}." if absent else ""),
         f"- {ONLINE_SKIPPED}",
     ]  # fmt: skip
+    if kind == "drl":
+        lines.append(f"- DRL-Rec (teacher and student) trained on {seeds[0]['drl_instances']:,} "
+                     "instances per seed; FM is the RelaImpr base.")  # fmt: skip
     if prop == "unknown":
         lines.append("- NCIS skipped: the dataset's propensities are unknown.")
     elif prop == "marginal":
