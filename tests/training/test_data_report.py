@@ -167,3 +167,28 @@ def test_behaviour_slate_log_prob_refuses_marginal_and_unknown_propensities(tiny
         behaviour_log_prob(req, "marginal")
     with pytest.raises(ValueError, match="unknown: no propensity-weighted estimate"):
         behaviour_log_prob(req, "unknown")
+
+
+def test_unknown_propensities_skip_ncis_with_a_line(tmp_path):
+    import pandas as pd
+
+    from tests.training.test_import import _write_small
+    from training.eval.data_report import run_data_report
+
+    path = _write_small(tmp_path)
+    m = json.loads(path.read_text())
+    m["log"]["propensity_kind"] = "unknown"
+    del m["log"]["propensity"]
+    path.write_text(json.dumps(m))
+    from training.data.importer import import_log
+
+    import_log(path, tmp_path / "ds", progress=False)
+    shard = pd.read_parquet(next((tmp_path / "ds" / "log").glob("*.parquet")))
+    assert (shard["propensity"] == 1.0).all()  # the placeholder, never used as a probability
+    report = run_data_report("baselines", tmp_path / "ds", [0], tmp_path / "rep", log=None,
+                             budget_overrides={"models": "fm", "epochs": "1"})  # fmt: skip
+    md = report.read_text()
+    assert "NCIS skipped: the dataset's propensities are unknown." in md
+    assert "## NCIS" not in md and "Absent (skipped in every metric): like" in md
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert "ncis" not in summary["per_seed"][0]["models"]["fm"]

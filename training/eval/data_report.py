@@ -353,9 +353,10 @@ def render(kind: str, data: Path, meta: Mapping[str, Any], seeds: Sequence[Mappi
     else:
         lines.append("- NCIS is slate NCIS (conditional propensities: a list's probability is "
                      "the product of its rows').")  # fmt: skip
-    lines.append("- The target of NCIS is each model as a softmax policy over its scores "
-                 "(logits, or Q values), at the temperature whose weights have the largest "
-                 "effective sample size.")  # fmt: skip
+    if prop != "unknown":
+        lines.append("- The target of NCIS is each model as a softmax policy over its scores "
+                     "(logits, or Q values), at the temperature whose weights have the largest "
+                     "effective sample size.")  # fmt: skip
     lines += ["", "## Offline metrics (test split)", ""]
     cols = [f"AUC {a}" for a in binary] + [f"GAUC {a}" for a in binary] + ["RelaImpr over FM (%)"]
     lines += ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
