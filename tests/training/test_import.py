@@ -13,7 +13,8 @@ import pytest
 
 from contract.schema import FEEDBACK
 from training.cli import main
-from training.data.importer import check_slots, import_log, sessions, stable_id, timestamps_ms
+from training.data.columns import check_slots, sessions, stable_id, timestamps_ms
+from training.data.importer import import_log
 from training.data.mapping import load_mapping
 from training.data.pipeline import Dataset
 from training.sim.config import ConfigError

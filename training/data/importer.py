@@ -3,10 +3,11 @@
 ``ranker import --mapping MAPPING --out DIR``: the mapping file (:mod:`training.data.mapping`;
 README "Bring your own logs") names the log's files and columns, what its positions,
 propensities and timestamps mean, which feedback aspects it has, and the user and item fields
-to build from the side tables. The result is the dataset layout every trainer reads
-(:mod:`training.data.pipeline`): log shards in :data:`contract.schema.LOG_SCHEMA` written by the
-contract's row builder, ``users.parquet``/``items.parquet`` with the raw columns the fields
-read, and ``dataset.json`` with the keys this module adds:
+to build from the side tables; the columns are checked by :mod:`training.data.columns`. The
+result is the dataset layout every trainer reads (:mod:`training.data.pipeline`): log shards
+in :data:`contract.schema.LOG_SCHEMA` written by the contract's row builder,
+``users.parquet``/``items.parquet`` with the raw columns the fields read, and ``dataset.json``
+with the keys this module adds:
 
 ``slots``
     ``"contiguous"`` (each request shows slots ``0..n-1``) or ``"as_logged"`` (positions kept
@@ -45,7 +46,6 @@ rows here (the fixture's log tiled to 1.0 M rows).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -55,7 +55,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from contract.features import (
     CONTEXT_FIELDS,
@@ -72,203 +71,27 @@ from contract.features import (
     unknown_counts,
 )
 from contract.schema import FEEDBACK, LOG_SCHEMA, LogValidationError, log_table, validate_log_table
+from training.data.columns import (
+    DAY_MS,
+    binary_column,
+    check_slots,
+    column_error,
+    id_column,
+    numeric_column,
+    positions,
+    read_table,
+    sample_values,
+    sessions,
+    stable_id,
+    timestamps_ms,
+)
 from training.data.mapping import Mapping, TableMap, load_mapping
 from training.data.pipeline import DatasetBuilder, DatasetError, session_pieces
 
-#: Plausible epoch range of a log's timestamps: 2000-01-01 to 2100-01-01 (UTC), in ms.
-PLAUSIBLE_MS = (946_684_800_000, 4_102_444_800_000)
-_MS_PER = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
-DAY_MS = 86_400_000
 IMPORT_REPORT = "import.json"
 #: Written in the propensity column when ``propensity = "unknown"``: a stand-in, never a
 #: probability (the contract wants a value in (0, 1] on every impression).
 PROPENSITY_PLACEHOLDER = 1.0
-
-
-# ---------------------------------------------------------------------------------------
-# Reading and checking columns (pure functions of arrays)
-
-
-def _sample(values: Any, n: int = 3) -> str:
-    """The first ``n`` values as Python literals (numpy scalars as plain numbers)."""
-    return ", ".join(repr(v.item() if isinstance(v, np.generic) else v) for v in list(values)[:n])
-
-
-def _fail(source: str, column: str, problem: str) -> LogValidationError:
-    return LogValidationError(f"{source}: column {column!r}: {problem}")
-
-
-def read_table(path: Path, columns: list[str], what: str) -> pd.DataFrame:
-    """The named columns of a CSV or Parquet file (CSV cells as text where not numeric).
-
-    Raises LogValidationError naming the file and the missing columns (with those it has)."""
-    try:
-        if path.suffix.lower() == ".parquet":
-            have = pq.ParquetFile(path).schema_arrow.names
-        else:
-            have = list(pd.read_csv(path, nrows=0).columns)
-    except (OSError, pa.ArrowInvalid, pd.errors.ParserError, pd.errors.EmptyDataError,
-            UnicodeDecodeError) as e:  # fmt: skip
-        raise LogValidationError(f"{path}: not a readable {what} file ({e})") from None
-    missing = [c for c in dict.fromkeys(columns) if c not in have]
-    if missing:
-        raise LogValidationError(
-            f"{path}: columns {missing} named in the mapping are missing; the file has {have}"
-        )
-    cols = list(dict.fromkeys(columns))
-    try:
-        if path.suffix.lower() == ".parquet":
-            return pq.read_table(path, columns=cols).to_pandas()
-        return pd.read_csv(path, usecols=cols, keep_default_na=True)
-    except (OSError, pa.ArrowInvalid, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise LogValidationError(f"{path}: not a readable {what} file ({e})") from None
-
-
-def stable_id(values: np.ndarray) -> np.ndarray:
-    """Non-negative int64 ids of text ids: the first 8 bytes of blake2b of the UTF-8 text with
-    the top bit cleared (the same value in every import and on every machine)."""
-    uniq, inv = np.unique(values.astype(str), return_inverse=True)
-    h = np.array(
-        [int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "little") >> 1
-         for u in uniq], dtype=np.int64,
-    )  # fmt: skip
-    return h[inv] if len(uniq) else np.zeros(0, np.int64)
-
-
-def id_column(s: pd.Series, source: str, column: str) -> np.ndarray:
-    """int64 ids of an id column: integers as they are (>= 0), text through :func:`stable_id`.
-
-    Raises LogValidationError for missing values, negative or fractional numbers."""
-    if s.isna().any():
-        i = int(np.argmax(s.isna().to_numpy()))
-        raise _fail(source, column, f"row {i}: missing id")
-    if pd.api.types.is_bool_dtype(s):
-        raise _fail(source, column, "boolean values are not ids")
-    if pd.api.types.is_numeric_dtype(s):
-        a = s.to_numpy()
-        if a.dtype.kind == "f":
-            bad = a != np.trunc(a)
-            if bad.any():
-                raise _fail(source, column, f"fractional ids, e.g. {_sample(a[bad])}")
-        a = a.astype(np.int64)
-        if (a < 0).any():
-            raise _fail(source, column, f"negative ids, e.g. {_sample(a[a < 0])}")
-        return a
-    return stable_id(s.to_numpy())
-
-
-def timestamps_ms(s: pd.Series, unit: str, source: str, column: str) -> np.ndarray:
-    """Epoch milliseconds (UTC, int64) from a column in ``unit`` (s, ms, us, ns or iso).
-
-    Values outside 2000-01-01..2100-01-01 in the stated unit are refused (a seconds column
-    declared as ms reads as January 1970), naming the column and a sample of raw values and
-    the dates they would be; unparseable ISO strings and missing values are refused too."""
-    if s.isna().any():
-        i = int(np.argmax(s.isna().to_numpy()))
-        raise _fail(source, column, f"row {i}: missing timestamp")
-    if unit == "iso":
-        if pd.api.types.is_numeric_dtype(s):
-            raise _fail(source, column, f"timestamp_unit iso, but the values are numbers, e.g. "
-                        f"{_sample(s.to_numpy())}; declare s, ms, us or ns")  # fmt: skip
-        t = pd.to_datetime(s, utc=True, errors="coerce", format="ISO8601")
-        bad = t.isna().to_numpy()
-        if bad.any():
-            raise _fail(source, column, f"not ISO 8601 date-times: {_sample(s[bad])}")
-        ms = (t.dt.tz_convert(None).to_numpy().astype("datetime64[ms]")).astype(np.int64)
-    else:
-        if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
-            raise _fail(
-                source,
-                column,
-                f"timestamp_unit {unit}, but the values are not numbers, e.g. "
-                f"{_sample(s.to_numpy())}; declare iso for date-time text",
-            )
-        raw = s.to_numpy().astype(np.float64)
-        ms = np.floor(raw * _MS_PER[unit]).astype(np.int64)
-    lo, hi = PLAUSIBLE_MS
-    bad = (ms < lo) | (ms >= hi)
-    if bad.any():
-        first = np.flatnonzero(bad)[:3]
-        dates = [str(np.datetime64(int(v), "ms"))[:10] for v in ms[first]]
-        raise _fail(
-            source, column,
-            f"values implausible for timestamp_unit {unit!r}: {_sample(s.to_numpy()[first])} read "
-            f"as {', '.join(dates)} (outside 2000-2100); check the unit",
-        )  # fmt: skip
-    return ms
-
-
-def binary_column(s: pd.Series, source: str, column: str) -> np.ndarray:
-    """0/1 int8 feedback; missing values and others than 0/1/true/false are refused."""
-    if s.isna().any():
-        i = int(np.argmax(s.isna().to_numpy()))
-        raise _fail(source, column, f"row {i}: missing value (a present aspect needs one on "
-                    "every impression)")  # fmt: skip
-    if pd.api.types.is_bool_dtype(s):
-        return s.to_numpy().astype(np.int8)
-    v = pd.to_numeric(s, errors="coerce").to_numpy()
-    bad = ~np.isin(v, (0, 1))
-    if bad.any():
-        raise _fail(source, column, f"values not in {{0, 1}}: {_sample(s.to_numpy()[bad])}")
-    return v.astype(np.int8)
-
-
-def numeric_column(s: pd.Series, source: str, column: str, lo: float, hi: float,
-                   what: str) -> np.ndarray:  # fmt: skip
-    """float64 values in ``[lo, hi]``; missing, non-numeric and out-of-range values refused."""
-    v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(v) | (v < lo) | (v > hi)
-    if bad.any():
-        raise _fail(source, column, f"{what}: values outside [{lo}, {hi}] or missing: "
-                    f"{_sample(s.to_numpy()[bad])}")  # fmt: skip
-    return v
-
-
-def positions(s: pd.Series, base: int, source: str, column: str) -> np.ndarray:
-    """0-based slots (int64) from a position column whose first slot is ``base``."""
-    v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(v) | (v != np.trunc(v)) | (v < base) | (v - base > 32766)
-    if bad.any():
-        raise _fail(source, column, f"positions must be integers >= position_base {base}: "
-                    f"{_sample(s.to_numpy()[bad])}")  # fmt: skip
-    return (v - base).astype(np.int64)
-
-
-def check_slots(request: np.ndarray, pos: np.ndarray, slots: str, source: str,
-                column: str) -> None:  # fmt: skip
-    """A position used twice in a request is refused; under ``contiguous`` a request's
-    positions must be ``0..n-1`` (else the log must declare ``slots = "as_logged"``).
-
-    ``request``, ``pos``: ``(n,)`` rows sorted by (request, position)."""
-    if len(pos) == 0:
-        return
-    same = request[1:] == request[:-1]
-    dup = same & (pos[1:] == pos[:-1])
-    if dup.any():
-        i = int(np.argmax(dup))
-        raise _fail(source, column, f"request {request[i]}: position {pos[i]} logged twice")
-    if slots == "contiguous":
-        start = np.r_[True, ~same]
-        rank = np.arange(len(pos)) - np.maximum.accumulate(np.where(start, np.arange(len(pos)), 0))
-        bad = pos != rank
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise _fail(
-                source, column,
-                f"request {request[i]} shows positions that skip a slot (position {pos[i]} "
-                "where the next free slot is "
-                f"{rank[i]}); declare slots = \"as_logged\" if the log keeps positions as shown",
-            )  # fmt: skip
-
-
-def sessions(user: np.ndarray, t_ms: np.ndarray, gap_ms: float) -> np.ndarray:
-    """Session number of each request, requests given in (user, time) order: a new session
-    starts at a new user, a new UTC day or a pause longer than ``gap_ms``."""
-    if len(user) == 0:
-        return np.zeros(0, np.int64)
-    new = np.r_[True, (user[1:] != user[:-1]) | (np.diff(t_ms) > gap_ms)
-                | (t_ms[1:] // DAY_MS != t_ms[:-1] // DAY_MS)]  # fmt: skip
-    return np.cumsum(new) - 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -300,7 +123,7 @@ def build_fields(table: pd.DataFrame, tm: TableMap, group: Group, source: str
                 v = pd.to_numeric(s, errors="coerce")
                 bad = v.isna() & s.notna()
                 if bad.any():
-                    raise ValueError(f"non-numeric values {_sample(s[bad])}")
+                    raise ValueError(f"non-numeric values {sample_values(s[bad])}")
                 x = v.to_numpy(dtype=np.float64)
                 fields.append(
                     bucket_field(f.name, group, x, f.n_buckets, f.edges)
@@ -309,7 +132,7 @@ def build_fields(table: pd.DataFrame, tm: TableMap, group: Group, source: str
                 )
                 cols[f.name] = x
         except ValueError as e:
-            raise _fail(source, f.column, f"{f.kind} field {f.name!r}: {e}") from None
+            raise column_error(source, f.column, f"{f.kind} field {f.name!r}: {e}") from None
     return fields, cols
 
 
@@ -374,7 +197,7 @@ def read_side(tm: TableMap, group: Group, log_ids: np.ndarray
     u, first, counts = np.unique(ids, return_index=True, return_counts=True)
     if (counts > 1).any():
         dup = df[tm.id].iloc[int(first[np.argmax(counts > 1)])]
-        raise _fail(source, tm.id, f"id {dup!r} appears twice")
+        raise column_error(source, tm.id, f"id {dup!r} appears twice")
     order = np.argsort(ids, kind="stable")
     fields, raw = build_fields(df, tm, group, source)
     out: dict[str, pa.Array] = {f"{group}_id": pa.array(ids[order], pa.int64())}
@@ -385,7 +208,7 @@ def read_side(tm: TableMap, group: Group, log_ids: np.ndarray
             try:
                 tf = category_field("tag", "item", df[tm.tag])
             except ValueError as e:
-                raise _fail(source, tm.tag, f"tag: {e}") from None
+                raise column_error(source, tm.tag, f"tag: {e}") from None
             tags = category_ids(tf.vocab, df[tm.tag].to_numpy(), "tag")
             report["tag_vocab"] = list(tf.vocab)
         author = (_hash_or_missing(df[tm.author], source, tm.author) if tm.author
@@ -426,7 +249,7 @@ def read_log(m: Mapping, say: Callable[[str], None]) -> pd.DataFrame:
             out["propensity"] = numeric_column(df[c["propensity"]], src, c["propensity"],
                                                1e-300, 1.0, "propensity in (0, 1]")  # fmt: skip
             if (out["propensity"] <= 0).any():
-                raise _fail(src, c["propensity"], "propensity 0 (must be in (0, 1])")
+                raise column_error(src, c["propensity"], "propensity 0 (must be in (0, 1])")
         else:
             out["propensity"] = PROPENSITY_PLACEHOLDER
         for a, col in m.aspects.items():
@@ -457,18 +280,20 @@ def arrange(log: pd.DataFrame, m: Mapping) -> pd.DataFrame:
     g = log.groupby("request", sort=False)
     if (g["user"].nunique() > 1).any():
         r = int(g["user"].nunique().gt(1).idxmax())
-        raise _fail(src, c["user_id"], f"request {r} has rows of more than one user")
+        raise column_error(src, c["user_id"], f"request {r} has rows of more than one user")
     log = log.assign(t_req=g["t_ms"].transform("min"))
     if "session" in log:
         if (g["session"].nunique() > 1).any():
             r = int(g["session"].nunique().gt(1).idxmax())
-            raise _fail(src, c["session_id"], f"request {r} has rows of more than one session")
+            raise column_error(
+                src, c["session_id"], f"request {r} has rows of more than one session"
+            )
     log = log.sort_values(["request", "pos"], kind="stable").reset_index(drop=True)
     check_slots(log["request"].to_numpy(), log["pos"].to_numpy(), m.slots, src, c["position"])
     dup = log.duplicated(["request", "item"])
     if dup.any():
         i = int(np.argmax(dup.to_numpy()))
-        raise _fail(src, c["item_id"], f"request {log['request'][i]}: item "
+        raise column_error(src, c["item_id"], f"request {log['request'][i]}: item "
                     f"{log['item'][i]} logged twice")  # fmt: skip
     req = log.drop_duplicates("request")[["request", "user", "t_req", *(
         ["session"] if "session" in log else [])]]  # fmt: skip
@@ -478,7 +303,9 @@ def arrange(log: pd.DataFrame, m: Mapping) -> pd.DataFrame:
         req = req.assign(s_start=s_start, s_user=req.groupby("session")["user"].transform("first"))
         if (req.groupby("session")["user"].nunique() > 1).any():
             s = req.groupby("session")["user"].nunique().gt(1).idxmax()
-            raise _fail(src, c["session_id"], f"session {s} has requests of more than one user")
+            raise column_error(
+                src, c["session_id"], f"session {s} has requests of more than one user"
+            )
         key = ["s_start", "s_user", "session", "t_req", "request"]
     else:
         req = req.sort_values(["user", "t_req", "request"], kind="stable")
@@ -493,7 +320,7 @@ def arrange(log: pd.DataFrame, m: Mapping) -> pd.DataFrame:
     first = np.maximum.accumulate(np.where(new_sess, np.arange(len(req)), 0))
     req_index = np.arange(len(req)) - first
     if len(req) and req_index.max() > np.iinfo(np.int32).max:
-        raise _fail(src, "session", "a session has more than 2^31 requests")
+        raise column_error(src, "session", "a session has more than 2^31 requests")
     day_abs = req["s_start"].to_numpy() // DAY_MS
     days = np.unique(day_abs)
     meta = pd.DataFrame({
