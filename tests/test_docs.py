@@ -78,11 +78,12 @@ def test_readme_and_help_list_the_same_only_groups_and_presets():
     from training.cli import DRL_REPORT_GROUPS, PRESETS_HELP
     from training.drl.report.plan import GROUPS, REPORT_PRESETS
     from training.eval.baselines_run import EVAL_PRESETS
+    from training.mmrf.report.plan import REPORT_PRESETS as MMRF_PRESETS
     from training.sim.config import PRESETS
 
     assert tuple(GROUPS) == DRL_REPORT_GROUPS
     assert "groups: " + ", ".join(GROUPS) + ")" in " ".join(README.split())
-    for names in (PRESETS, REPORT_PRESETS, EVAL_PRESETS):
+    for names in (PRESETS, REPORT_PRESETS, EVAL_PRESETS, MMRF_PRESETS):
         assert list(names) == ["tiny", "default", "large"]
         for n in names:
             assert n in PRESETS_HELP and f"`{n}`" in README
@@ -120,10 +121,13 @@ def test_the_reports_section_names_only_options_the_report_commands_have():
     named = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", _section("Reports")))
     extra = named - _long_options("report", "drl-report")
     assert not extra, f"README's Reports section names {sorted(extra)}, not in their --help"
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", _section("The MMRF report")))
+    extra = named - _long_options("mmrf-report")
+    assert not extra, f"README's MMRF report section names {sorted(extra)}, not in its --help"
 
 
 def test_every_option_of_the_report_and_bundle_commands_is_in_the_readme():
-    for c in ("report", "drl-report", "default-bundle"):
+    for c in ("report", "drl-report", "mmrf-report", "default-bundle"):
         missing = sorted(o for o in _long_options(c) if o not in README)
         assert not missing, f"ranker {c} --help has {missing}, the README never names them"
 
@@ -134,15 +138,17 @@ def test_readme_report_budgets_and_world_overrides_are_accepted():
     from training.cli import build_parser
     from training.drl.report.plan import report_preset
     from training.eval.baselines_run import eval_preset
+    from training.mmrf.report.plan import report_preset as mmrf_preset
     from training.sim.config import parse_overrides
 
     p = build_parser()
-    lines = [x for x in _ranker_lines() if x.split()[1] in ("report", "drl-report")]
-    assert len(lines) >= 3
+    reports = ("report", "drl-report", "mmrf-report")
+    lines = [x for x in _ranker_lines() if x.split()[1] in reports]
+    assert len(lines) >= 6
     for line in lines:
         a = p.parse_args(shlex.split(line, comments=True)[1:])
         if getattr(a, "data", None):  # a logged dataset: no world, other budget keys
             continue
-        pick = report_preset if a.command == "drl-report" else eval_preset
+        pick = {"drl-report": report_preset, "mmrf-report": mmrf_preset}.get(a.command, eval_preset)
         cfg = pick(a.preset).with_overrides(parse_overrides(a.budget or []))
         cfg.with_world(parse_overrides(a.set or []))  # a ConfigError fails the test

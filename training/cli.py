@@ -278,6 +278,15 @@ def _cmd_drl_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mmrf_report(args: argparse.Namespace) -> int:
+    from training.mmrf.report import run_mmrf_report
+
+    budget = parse_overrides(args.budget or [])
+    run_mmrf_report(args.preset, args.seeds, args.out, budget_overrides=budget,
+                    **_report_kwargs(args))  # fmt: skip
+    return 0
+
+
 def _command_line() -> str | None:
     return "ranker " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
 
@@ -505,6 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "of simulated worlds: the offline parts only (online parts need a world); "
                    "--budget takes training.eval.data_report.DataReportConfig keys")  # fmt: skip
     _COMMANDS["drl-report"] = _cmd_drl_report
+
+    mr = sub.add_parser("mmrf-report", help="MMRF: Tables 1-2 analogues, feedback model, Markdown")
+    _add_report_args(mr, budget="MMRFReportConfig override (training.mmrf.report.plan), e.g. "
+                     "rl_instances=100000 or online_users=800")  # fmt: skip
+    _COMMANDS["mmrf-report"] = _cmd_mmrf_report
 
     e = sub.add_parser("export", help="export trained rankers to a verified ONNX model bundle")
     e.add_argument("--drl", required=True, help="a finished drl-train run folder")
