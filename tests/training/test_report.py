@@ -292,3 +292,22 @@ def test_sanity_checks_fail_the_command_unless_expected():
                                          "ncis:fm@T"]  # fmt: skip
     failed = failed_checks(checks, EvalConfig().expected_findings)
     assert [c["id"] for c in failed] == ["ordering:acn"]  # the NCIS bias is an expected finding
+
+
+def test_a_failed_check_in_the_summary_says_what_was_expected_and_what_was_measured():
+    """The summary printed a failed NCIS check as "NCIS(fm@T) equals the online value within
+    its interval (bias 0.7359)": the statement of the check read as its result."""
+    from training.eval.baselines_claims import findings, sanity_checks
+
+    agg = {
+        "ordering": {},
+        "ncis": {"fm@T": {"agrees": False, "bias": {"mean": 0.7359, "low": 0.5426,
+                                                    "high": 0.9293}}},
+        "offline": {"fm": {"auc": (0.71, 0.001)}},
+        "online": {},
+        "arms": [],
+    }  # fmt: skip
+    lines = findings(agg, sanity_checks(agg), EvalConfig())
+    line = next(x for x in lines if "ncis:fm@T" in x)
+    assert "fails (declared an expected finding): it expects NCIS(fm@T) equals" in line
+    assert "measured bias 0.7359 [0.5426, 0.9293]" in line

@@ -160,6 +160,11 @@ def _seed_timing(s: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def _interval(v: Mapping[str, Any]) -> str:
+    """`` [low, high]`` of an aggregated value, or nothing where it has no interval."""
+    return f" [{num(v['low'])}, {num(v['high'])}]" if "low" in v and "high" in v else ""
+
+
 def sanity_checks(agg: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The report's sanity checks (ids ``ordering:acn``, ``ordering:cpr``, ``ncis:<policy>``)
     from the aggregated numbers."""
@@ -178,7 +183,7 @@ def sanity_checks(agg: Mapping[str, Any]) -> list[dict[str, Any]]:
                 f"ncis:{pol}",
                 f"NCIS({pol}) equals the online value within its interval",
                 n["agrees"],
-                f"bias {num(n['bias']['mean'])}",
+                f"bias {num(n['bias']['mean'])}" + _interval(n["bias"]),
             )
         )
     return out  # fmt: skip
@@ -209,5 +214,6 @@ def findings(
     for c in checks:
         if c["ok"] is False:
             exp = " (declared an expected finding)" if c["id"] in cfg.expected_findings else ""
-            out.append(f"Sanity check `{c['id']}` fails{exp}: {c['check']} ({c['detail']}).")
+            out.append(f"Sanity check `{c['id']}` fails{exp}: it expects {c['check']}; "
+                       f"measured {c['detail']}.")  # fmt: skip
     return out
