@@ -36,6 +36,9 @@ def test_seed_interval_is_a_t_interval_and_shows_no_spread_for_one_seed():
     one = seed_interval([0.7])
     assert one["mean"] == 0.7 and math.isnan(one["std"]) and math.isnan(one["low"])
     assert seed_interval([None, 0.5])["mean"] == 0.5  # an undefined seed is left out
+    auc = seed_interval([0.9, 1.0, 0.99], 0.0, 1.0)  # an AUC's interval stays inside [0, 1]
+    assert auc["high"] == 1.0 and auc["low"] < auc["mean"] < 1.0
+    assert seed_interval([0.0, 0.1, 0.0], 0.0)["low"] == 0.0  # a count's never below 0
 
 
 def test_bucket_means_by_exposure_count():

@@ -26,8 +26,11 @@ PAPER = {"wt_gauc": 0.6833, "wt_gauc_best_baseline": 0.6679, "wt_ncis_pct": 7.1,
          "online_watch_time_pct": 0.55, "online_follow_pct": 1.45}  # fmt: skip
 
 
-def seed_interval(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean over seeds with a 95% t interval (``mean -/+ t_{0.975, S-1} sd / sqrt(S)``); NaN
+def seed_interval(
+    values: Sequence[float | None], lo: float = -math.inf, hi: float = math.inf
+) -> dict[str, Any]:
+    """Mean over seeds with a 95% t interval (``mean -/+ t_{0.975, S-1} sd / sqrt(S)``),
+    clipped to the quantity's range ``[lo, hi]`` (an AUC's [0, 1], a count's [0, inf)); NaN
     bounds for one seed (no spread is shown, never ± 0); NaN mean for none."""
     a = finite(list(values))
     m, sd = mean_std(a.tolist())
@@ -36,7 +39,7 @@ def seed_interval(values: Sequence[float | None]) -> dict[str, Any]:
         from scipy.stats import t
 
         half = float(t.ppf(0.975, a.size - 1) * sd / math.sqrt(a.size))
-    return {"mean": m, "std": sd, "low": m - half, "high": m + half,
+    return {"mean": m, "std": sd, "low": max(m - half, lo), "high": min(m + half, hi),
             "per_seed": [None if v is None else float(v) for v in values]}  # fmt: skip
 
 
@@ -45,8 +48,8 @@ def aggregate(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     table1: dict[str, Any] = {}
     for row in TABLE1_ROWS:
         per = [s["offline"]["rows"][row] for s in summaries]
-        table1[row] = {a: {"gauc": seed_interval([p["gauc"][a] for p in per]),
-                           "ncis": seed_interval([p["ncis"]["value"][a] for p in per])}
+        table1[row] = {a: {"gauc": seed_interval([p["gauc"][a] for p in per], 0.0, 1.0),
+                           "ncis": seed_interval([p["ncis"]["value"][a] for p in per], 0.0)}
                        for a in FEEDBACK}  # fmt: skip
         table1[row]["temperature"] = [p["ncis"]["temperature"] for p in per]
     arms = list(summaries[0]["online"]["arms"])
@@ -81,7 +84,7 @@ def aggregate(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"seeds": [s["seed"] for s in summaries], "table1": table1, "table2": table2,
             "arms": arms, "feedback": feedback,
             "lambda": [s["choices"]["lambda"]["chosen"] for s in summaries],
-            "seconds": [s["seconds"] for s in summaries]}  # fmt: skip
+            "stage_seconds": [s["stage_seconds"] for s in summaries]}  # fmt: skip
 
 
 def _buckets(per_seed: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
@@ -121,6 +124,15 @@ def _claim(cid: str, text: str, paper: str, measured: str, status: str) -> dict[
     return {"id": cid, "claim": text, "paper": paper, "measured": measured, "status": status}
 
 
+def _measured(r: Mapping[str, float] | None, base: str, metric: str) -> str:
+    """A relative change as text; why it is missing when it is (the base arm has none)."""
+    if r is None:
+        return "n/a"
+    if not math.isfinite(r["mean"]):
+        return f"undefined: no {metric.replace('_', ' ')} in the {base} arm"
+    return ci(r, 2, as_pct=True)
+
+
 def claims(agg: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The paper's claims and ours, each reproduced / not reproduced / not run with the
     measured figure."""
@@ -155,7 +167,7 @@ def claims(agg: Mapping[str, Any]) -> list[dict[str, Any]]:
         out.append(_claim(cid, f"Online, MMRF's {metric.replace('_', ' ')} per user is above "
                           f"{who} (95% interval above 0)" + ("" if paper else " (our goal)"),
                           f"+{paper}%" if paper else "not in the paper",
-                          ci(r, 2, as_pct=True) if r else "n/a", verdict))  # fmt: skip
+                          _measured(r, base, metric), verdict))  # fmt: skip
     r = t2.get("mmrf_bundle", {}).get("watch_time", {}).get("vs_mmrf")
     ok = r is not None and all(math.isfinite(r[k]) for k in ("mean", "low", "high"))
     verdict = NOT_RUN

@@ -73,7 +73,7 @@ def _table1(w: Any, t1: Mapping[str, Any], measure: str) -> None:
 def plots(agg: Mapping[str, Any], out: Path) -> None:
     """The three PNGs of :data:`PLOTS` into ``out``."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(ONLINE_FIELDS), figsize=(4 * len(ONLINE_FIELDS), 3.4))
+    fig, axes = plt.subplots(1, len(ONLINE_FIELDS), figsize=(4 * len(ONLINE_FIELDS), 3.8))
     for ax, metric in zip(axes, ONLINE_FIELDS, strict=True):
         bars = relative_bars(agg["table2"], metric)
         names = list(bars)
@@ -82,6 +82,9 @@ def plots(agg: Mapping[str, Any], out: Path) -> None:
         hi = np.array([bars[a][2] for a in names])
         err = np.nan_to_num(np.vstack([m - lo, hi - m]))
         ax.bar(names, m, yerr=err, capsize=3, color="tab:blue", label="vs LTR, 95% interval")
+        if not np.isfinite(m).any():
+            ax.text(0.5, 0.5, f"undefined: no {metric} in the LTR arm", ha="center",
+                    transform=ax.transAxes)  # fmt: skip
         reference_line(ax, 0.0, "LTR control")
         ax.set_title(f"{metric} per user")
         ax.set_ylabel("relative change (%)")
@@ -169,7 +172,8 @@ def build_report(summaries: Sequence[Mapping[str, Any]], cfg: MMRFReportConfig, 
         "## Table 1 analogue: offline, test split",
         "GAUC per aspect (hate: of the negated score; watch time: above the sample's median) "
         "and NCIS per aspect (per request, the aspect summed over the slate; watch time in "
-        "seconds) of each row as a softmax policy. Mean over seeds [95% t interval]; the best "
+        "seconds) of each row as a softmax policy. Mean over seeds [95% t interval, clipped to "
+        "the quantity's range]; the best "
         "row of each column in bold. BC imitates the logging policy; Wide&Deep and DeepFM are "
         "the feedback-weighted ones; LTR (the online control) is an extra row.",
     )
@@ -248,8 +252,11 @@ def build_report(summaries: Sequence[Mapping[str, Any]], cfg: MMRFReportConfig, 
     w("")
     w(f"![feedback AUC]({PLOTS[1]}) ![KL by exposure]({PLOTS[2]})")
     w("")
-    para(w, "## Timing", "Per seed (s): " + ", ".join(num(s, 0) for s in agg["seconds"])
-         + f"; the command: {mmss(wall_seconds)}.")  # fmt: skip
+    st = agg["stage_seconds"]
+    para(w, "## Timing", "Seconds per seed of each stage, as recorded by the run that did it "
+         "(a `--resume` reuses finished work and keeps its times): " + "; ".join(
+             f"{k} " + ", ".join(num(x[k], 0) for x in st) for k in st[0])
+         + f". This command: {mmss(wall_seconds)}.")  # fmt: skip
     json_block(w, "Config", cfg.to_dict())
     path = out / "report.md"
     write_text(path, "\n".join(lines) + "\n")

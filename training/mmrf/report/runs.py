@@ -173,6 +173,22 @@ def export_mmrf_bundle(ds_root: Path, drl_dir: Path, mmrf_dir: Path, folder: Pat
     return folder
 
 
+def stage_seconds(run_dir: Path, ltr: Any, gen: dict[str, Any], *measured: dict) -> dict:
+    """Seconds of each stage as recorded when it ran (a resumed run keeps the times of the run
+    that did the work): dataset, multi-agent training, point-wise, LTR, DRL-Rec, measures."""
+    rl = sum(read_json(p)["seconds"] for p in (run_dir / "rl").glob("*/train.json"))
+    pw = sum(
+        v["seconds"]["train"] + v["seconds"]["offline"]
+        for v in map(read_json, (run_dir / "pointwise" / "models").glob("*.json"))
+    )
+    out = {"dataset": float(gen.get("seconds") or 0.0), "multi_agent": float(rl),
+           "pointwise": float(pw), "ltr": float(ltr.info.get("seconds", 0.0)),
+           "drl": float(read_json(run_dir / "drl" / "train.json")["seconds"]),
+           "measures": float(sum(m.get("seconds", 0.0) for m in measured))}  # fmt: skip
+    out["total"] = sum(out.values())
+    return out
+
+
 def run_seed(cfg: MMRFReportConfig, seed: int, run_dir: Path, data_root: Path,
              progress: bool = False, log: Log | None = None) -> dict[str, Any]:  # fmt: skip
     """Run (or resume) one seed; returns and writes ``run_dir/seed_summary.json``."""
@@ -212,6 +228,7 @@ def run_seed(cfg: MMRFReportConfig, seed: int, run_dir: Path, data_root: Path,
         "offline": offline, "online": online, "feedback": probe,
         "seconds": time.perf_counter() - t0,
     }  # fmt: skip
+    summary["stage_seconds"] = stage_seconds(run_dir, ltr, gen, offline, online, probe)
     write_json(run_dir / "seed_summary.json", summary)
     logf(f"done in {summary['seconds']:.0f} s")
     return summary
