@@ -88,6 +88,22 @@ def test_pooled_relative_pools_on_the_log_scale():
     assert two["low"] > -100.0 and two["mean"] == pytest.approx(-90.0)
 
 
+def test_pooled_positive_is_the_arithmetic_mean_and_a_seed_at_zero_does_not_zero_it():
+    """It was a geometric mean: one seed with no follows (0, 0, 0) made the pooled mean 0 and
+    the relative change -100% in the regenerated default baselines report."""
+    p = stats.pooled_positive([0.2, 0.0], [0.1, 0.0], [0.4, 0.0])
+    # seed 0: se = 0.2 log(4) / (2 z); seed 1: se 0; se of the mean = se_0 / 2;
+    # m = 0.1, z se / m = log(4) / 2 = log 2: the interval is [0.1 / 2, 0.1 * 2]
+    assert p["mean"] == pytest.approx(0.1)
+    assert (p["low"], p["high"]) == pytest.approx((0.05, 0.2))
+    assert stats.pooled_positive([0.0, 0.0], [0.0, 0.0], [0.0, 0.0])["high"] == 0.0
+    assert math.isnan(stats.pooled_positive([0.2, 0.1], [0.1, math.nan], [0.4, 0.3])["low"])
+    rel = stats.pooled_relative([-88.9, -85.7, -100.0], [-98.0, -97.0, math.nan],
+                                [-20.0, -10.0, math.nan])  # fmt: skip
+    assert rel["mean"] == pytest.approx(-91.5333333)  # the mean of the changes, not -100
+    assert math.isnan(rel["low"])  # a seed at -100% has no ratio interval
+
+
 def test_pool_rows_reads_each_rows_point_and_bounds_by_key():
     rows = [{"value": 1.0, "low": 0.0, "high": 2.0}, {"value": 3.0, "low": 2.0, "high": 4.0}]
     p = stats.pool_rows(rows, stats.pooled, "value")

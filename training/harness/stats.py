@@ -56,31 +56,37 @@ def pooled(points: Sequence[float], lows: Sequence[float], highs: Sequence[float
 
 
 def pooled_positive(points: Sequence[float], lows: Sequence[float], highs: Sequence[float]) -> dict:
-    """:func:`pooled` of positive quantities (a count's mean, a ratio) on the log scale.
+    """:func:`pooled` of non-negative quantities (a count's mean, a ratio): the arithmetic mean
+    over seeds with an interval on the log scale, so it stays above 0.
 
-    Per seed ``l_s = log(point_s)`` with half-width ``(log high_s - log low_s) / 2``; the mean
-    of ``l_s`` (a geometric mean over seeds) and its pooled half-width are mapped back by
-    ``exp``, so the interval stays above 0. A seed whose interval is undefined or touches 0
-    makes the pooled interval undefined (NaN).
+    Each seed's standard error is read back from its log-scale 95% interval (the delta method
+    of :func:`nonneg_mean_ci`: ``se_s = point_s * (log high_s - log low_s) / (2 z)``; a seed
+    whose units were all 0, ``(0, 0, 0)``, has ``se_s = 0``). The mean ``m = mean_s point_s``
+    has ``se = sqrt(sum_s se_s^2) / S`` and the interval ``m * exp(-/+ z se / m)``. ``m = 0``
+    gives ``(0, 0, 0)``; a seed with an undefined interval (NaN, or a low of 0 above a point
+    of 0) makes the pooled interval NaN. The mean is not a geometric one: a seed at 0 pulls it
+    down as it should instead of zeroing it.
     """
     p = np.asarray(points, dtype=np.float64)
     lo = np.asarray(lows, dtype=np.float64)
     hi = np.asarray(highs, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ls = np.log(p)
-        h = (np.log(hi) - np.log(lo)) / 2.0
-    m = float(ls.mean())
-    half = float(np.sqrt(np.sum(h**2)) / ls.size)
-    if not math.isfinite(half):
-        half = math.nan
+    m = float(p.mean())
     _, sd = mean_std(p.tolist())
-    return {"mean": math.exp(m), "std": sd, "low": math.exp(m - half),
-            "high": math.exp(m + half), "per_seed": p.tolist()}  # fmt: skip
+    out = {"mean": m, "std": sd, "low": math.nan, "high": math.nan, "per_seed": p.tolist()}
+    zero = (p == 0.0) & (lo == 0.0) & (hi == 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se_s = np.where(zero, 0.0, p * (np.log(hi) - np.log(lo)) / (2.0 * Z95))
+    if m == 0.0 and bool(zero.all()):
+        out.update(low=0.0, high=0.0)
+    elif m > 0.0 and bool(np.all(np.isfinite(se_s))):
+        se_log = float(np.sqrt(np.sum(se_s**2)) / p.size) / m
+        out.update(low=m * math.exp(-Z95 * se_log), high=m * math.exp(Z95 * se_log))
+    return out
 
 
 def pooled_relative(pcts: Sequence[float], lows: Sequence[float], highs: Sequence[float]) -> dict:
     """:func:`pooled_positive` of relative changes in %, on the ratio ``1 + pct / 100``: the
-    interval stays above -100%."""
+    mean is the mean of the per-seed changes and the interval stays above -100%."""
 
     def ratio(v: Sequence[float]) -> np.ndarray:
         return 1.0 + np.asarray(v, dtype=np.float64) / 100.0
