@@ -269,3 +269,14 @@ def test_cli_bad_budget_exits_2_before_any_work(tmp_path, capsys):
     assert not out.exists()
     err = capsys.readouterr().err
     assert "rl_instances" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_undefined_relative_change_says_in_how_many_seeds_the_control_had_none():
+    """The tiny report said "no follow in the ltr arm" while LTR had follows in 2 of 3 seeds
+    (the pooled mean was a geometric one then, zeroed by the seed without)."""
+    from training.mmrf.report.claims import _measured
+
+    r = {"mean": math.nan, "low": math.nan, "high": math.nan, "per_seed": [20.0, math.nan, -5.0]}
+    assert _measured(r, "ltr", "follow") == "undefined: no follow in the ltr arm in 1 of 3 seeds"
+    r["per_seed"] = [math.nan, math.nan]
+    assert _measured(r, "ltr", "follow") == "undefined: no follow in the ltr arm"

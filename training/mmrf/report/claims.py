@@ -129,7 +129,10 @@ def _measured(r: Mapping[str, float] | None, base: str, metric: str) -> str:
     if r is None:
         return "n/a"
     if not math.isfinite(r["mean"]):
-        return f"undefined: no {metric.replace('_', ' ')} in the {base} arm"
+        per = [v for v in r.get("per_seed", []) if v is not None]
+        bad = sum(1 for v in per if not math.isfinite(v))
+        seeds = f" in {bad} of {len(per)} seeds" if per and bad < len(per) else ""
+        return f"undefined: no {metric.replace('_', ' ')} in the {base} arm{seeds}"
     return ci(r, 2, as_pct=True)
 
 
