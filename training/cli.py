@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -556,13 +558,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Exit status of a command stopped by Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention).
+EXIT_INTERRUPTED = 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: the command unwinds through its cleanup (a run folder it created
+    and holds no finished work is removed) instead of dying where it stands."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from training.divergence import EXIT_DIVERGED, DivergenceError
     from training.harness.claims import SanityError
 
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"ranker {args.command}: interrupted (finished checkpoints are kept: --resume "
+              "continues a run)", file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
     except SanityError as e:
         print(f"ranker {args.command}: {e}", file=sys.stderr)
         return 1
@@ -573,6 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             BundleError) as e:  # fmt: skip
         print(f"ranker {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

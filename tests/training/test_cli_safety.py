@@ -197,3 +197,34 @@ def test_a_torchrun_peer_rank_refuses_an_existing_run_too(tiny_data, tmp_path, m
     monkeypatch.setenv("RANK", "1")
     assert main(["drl-train", "--data", str(ds.root), "--out", str(out), *TINY_TRAIN]) == 2
     assert (out / "train.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_an_interrupted_run_says_so_in_one_line_and_leaves_no_empty_folder(
+    tiny_data, tmp_path, capsys, monkeypatch, how
+):
+    """A fresh-clone trial: SIGTERM before the first checkpoint left an empty run folder, and
+    Ctrl-C printed a KeyboardInterrupt traceback."""
+    import signal
+
+    import training.drl.train as drl_train
+
+    ds, _, _ = tiny_data
+    out = tmp_path / "run"
+
+    def interrupted_run(data, folder, cfg, **kw):
+        assert folder.is_dir()  # the command made the folder; nothing finished in it yet
+        if how == "sigterm":
+            signal.raise_signal(signal.SIGTERM)
+            raise AssertionError("SIGTERM did not interrupt the command")
+        raise KeyboardInterrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(drl_train, "run", interrupted_run)
+    assert main(["drl-train", "--data", str(ds.root), "--out", str(out), *TINY_TRAIN]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "ranker drl-train: interrupted (finished checkpoints are kept: --resume continues a run)"
+    ]
+    assert not out.exists()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the command's only

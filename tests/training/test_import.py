@@ -61,6 +61,16 @@ def test_slots_contiguous_is_checked_and_a_repeat_always_refused():
         check_slots(req, np.array([0, 1, 0, 1, 1]), "as_logged", "f", "pos")
 
 
+def test_slot_errors_quote_positions_as_logged():
+    """A log with position_base 1 whose request shows only slot 2 was told "position 1 where
+    the next free slot is 0": the 0-based internal positions."""
+    with pytest.raises(ValueError, match=r"position 2 where the next free slot is 1, as logged "
+                       r"with position_base 1"):  # fmt: skip
+        check_slots(np.array([5]), np.array([1]), "contiguous", "f", "slot", base=1)
+    with pytest.raises(ValueError, match="request 5: position 3 logged twice"):
+        check_slots(np.array([5, 5]), np.array([2, 2]), "as_logged", "f", "slot", base=1)
+
+
 def test_sessions_cut_at_a_new_user_a_pause_and_midnight():
     ms = 60_000
     day = 86_400_000
@@ -77,6 +87,9 @@ def test_text_ids_map_to_stable_non_negative_int64():
     # blake2b-8 of "v0001", top bit cleared: the same on every machine and run
     assert int(a[0]) == int.from_bytes(
         __import__("hashlib").blake2b(b"v0001", digest_size=8).digest(), "little") >> 1
+    # one string gives one int, what a client sends to the service for that text id
+    assert stable_id("v0001") == int(a[0]) and isinstance(stable_id("v0001"), int)
+    assert stable_id(["v0002"]).tolist() == [int(a[1])]
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pandas as pd
@@ -60,10 +60,18 @@ def read_table(path: Path, columns: list[str], what: str) -> pd.DataFrame:
         raise LogValidationError(f"{path}: not a readable {what} file ({e})") from None
 
 
-def stable_id(values: np.ndarray) -> np.ndarray:
+@overload
+def stable_id(values: str) -> int: ...
+@overload
+def stable_id(values: np.ndarray | list[str] | tuple[str, ...]) -> np.ndarray: ...
+def stable_id(values: str | np.ndarray | list[str] | tuple[str, ...]) -> int | np.ndarray:
     """Non-negative int64 ids of text ids: the first 8 bytes of blake2b of the UTF-8 text with
-    the top bit cleared (the same value in every import and on every machine)."""
-    uniq, inv = np.unique(values.astype(str), return_inverse=True)
+    the top bit cleared (the same value in every import and on every machine). One string
+    gives one int (what a client of the service sends for that id); an array or a sequence
+    gives an int64 array of its shape."""
+    if isinstance(values, str):
+        return int(stable_id(np.array([values]))[0])
+    uniq, inv = np.unique(np.asarray(values).astype(str), return_inverse=True)
     h = np.array(
         [int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "little") >> 1
          for u in uniq], dtype=np.int64,
@@ -177,18 +185,21 @@ def positions(s: pd.Series, base: int, source: str, column: str) -> np.ndarray:
 
 
 def check_slots(request: np.ndarray, pos: np.ndarray, slots: str, source: str,
-                column: str) -> None:  # fmt: skip
+                column: str, base: int = 0) -> None:  # fmt: skip
     """A position used twice in a request is refused; under ``contiguous`` a request's
     positions must be ``0..n-1`` (else the log must declare ``slots = "as_logged"``).
 
-    ``request``, ``pos``: ``(n,)`` rows sorted by (request, position)."""
+    ``request``, ``pos``: ``(n,)`` rows sorted by (request, position), ``pos`` 0-based;
+    messages quote positions as logged (``pos + base``, the mapping's ``position_base``)."""
     if len(pos) == 0:
         return
     same = request[1:] == request[:-1]
     dup = same & (pos[1:] == pos[:-1])
     if dup.any():
         i = int(np.argmax(dup))
-        raise column_error(source, column, f"request {request[i]}: position {pos[i]} logged twice")
+        raise column_error(
+            source, column, f"request {request[i]}: position {pos[i] + base} logged twice"
+        )
     if slots == "contiguous":
         start = np.r_[True, ~same]
         rank = np.arange(len(pos)) - np.maximum.accumulate(np.where(start, np.arange(len(pos)), 0))
@@ -197,9 +208,9 @@ def check_slots(request: np.ndarray, pos: np.ndarray, slots: str, source: str,
             i = int(np.argmax(bad))
             raise column_error(
                 source, column,
-                f"request {request[i]} shows positions that skip a slot (position {pos[i]} "
-                "where the next free slot is "
-                f"{rank[i]}); declare slots = \"as_logged\" if the log keeps positions as shown",
+                f"request {request[i]} shows positions that skip a slot (position {pos[i] + base} "
+                f"where the next free slot is {rank[i] + base}, as logged with position_base "
+                f"{base}); declare slots = \"as_logged\" if the log keeps positions as shown",
             )  # fmt: skip
 
 

@@ -289,7 +289,8 @@ def arrange(log: pd.DataFrame, m: Mapping) -> pd.DataFrame:
                 src, c["session_id"], f"request {r} has rows of more than one session"
             )
     log = log.sort_values(["request", "pos"], kind="stable").reset_index(drop=True)
-    check_slots(log["request"].to_numpy(), log["pos"].to_numpy(), m.slots, src, c["position"])
+    check_slots(log["request"].to_numpy(), log["pos"].to_numpy(), m.slots, src, c["position"],
+                m.position_base)  # fmt: skip
     dup = log.duplicated(["request", "item"])
     if dup.any():
         i = int(np.argmax(dup.to_numpy()))

@@ -124,7 +124,7 @@ def _claim(cid: str, text: str, paper: str, measured: str, status: str) -> dict[
     return {"id": cid, "claim": text, "paper": paper, "measured": measured, "status": status}
 
 
-def _measured(r: Mapping[str, float] | None, base: str, metric: str) -> str:
+def _measured(r: Mapping[str, Any] | None, base: str, metric: str) -> str:
     """A relative change as text; why it is missing when it is (the base arm has none)."""
     if r is None:
         return "n/a"
