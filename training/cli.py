@@ -139,7 +139,9 @@ def _finished_run(out: Path, cfg: object, resume: bool) -> bool:
     if resume and done.exists():
         info = read_json(done)
         if info.get("config") != want:
-            raise ConfigError(f"{out} is a finished run of another config; choose another --out")
+            raise ConfigError(f"{out} is a finished run of another config "
+                              f"({_config_differences(info.get('config'), want)}); choose "
+                              "another --out or the run's --set values")  # fmt: skip
         print(f"{out} is a finished run ({info['instances']:,} instances, {info['steps']:,} "
               "steps); nothing to resume, nothing changed")  # fmt: skip
         return True
@@ -148,8 +150,20 @@ def _finished_run(out: Path, cfg: object, resume: bool) -> bool:
 
         have = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
         if jsonable(have.get("cfg")) != want:
-            raise ConfigError(f"{out}/checkpoint.pt is of another config; choose another --out")
+            raise ConfigError(f"{out}/checkpoint.pt is of another config "
+                              f"({_config_differences(jsonable(have.get('cfg')), want)}); "
+                              "choose another --out or the run's --set values")  # fmt: skip
     return False
+
+
+def _config_differences(have: object, want: dict) -> str:
+    """``key: run's value -> asked value`` for the keys two config dicts differ in (at most
+    five named), or what the run's record is when it is not a config dict."""
+    if not isinstance(have, dict):
+        return "the run records no config"
+    keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    shown = [f"{k}: {have.get(k)!r} -> {want.get(k)!r}" for k in keys[:5]]
+    return ", ".join(shown) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
 
 
 def _cmd_mmrf_train(args: argparse.Namespace) -> int:
