@@ -34,6 +34,17 @@ Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, Handler] = {}
 
 
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} < 0: give 0 or more")
+    return v
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from training.sim.generate import generate_dataset
 
@@ -189,7 +200,8 @@ def _cmd_mmrf_train(args: argparse.Namespace) -> int:
                        resumable=lambda p: (p / "checkpoint.pt").exists()):  # fmt: skip
         s = run(args.data, out, cfg, device=device, resume=args.resume,
                 progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
-                eval_split=None if args.eval_split == "none" else args.eval_split)  # fmt: skip
+                eval_split=None if args.eval_split == "none" else args.eval_split,
+                eval_impressions=args.eval_impressions)  # fmt: skip
     msg = f"trained {s['instances']:,} instances in {s['seconds']} s ({s['instances_per_s']}/s)"
     e = s.get("eval") or {}
     if e.get("main_gauc_click") is not None:
@@ -486,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="steps between checkpoints (default: 500)")  # fmt: skip
     mt.add_argument("--eval-split", default="valid", choices=("train", "valid", "test", "none"),
                     help="split of the offline figures in train.json (default: valid)")  # fmt: skip
+    mt.add_argument("--eval-impressions", type=_non_negative_int, default=200_000,
+                    help="impressions of those figures: whole sessions of a hashed share of the "
+                    "split's users (0: the whole split; default: 200000)")  # fmt: skip
     _add_folder_flags(mt, "run folder", "continue from its checkpoint.pt; a finished run is "
                       "reported and left unchanged")  # fmt: skip
     mt.add_argument("--no-progress", action="store_true", help="no progress bar")

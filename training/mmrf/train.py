@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from contract.features import DEFAULT_SPEC, FeatureSpec
-from training.data.features import Requests, SideTables, build_requests, candidate_ids
+from training.data.features import Requests, SideTables, candidate_ids
 from training.data.pipeline import Dataset, DatasetError
 from training.data.validate import check_dataset
 from training.divergence import EXIT_DIVERGED, DivergenceError
@@ -570,11 +570,11 @@ def impression_outputs(
         mask_t = torch.from_numpy(mask).to(dev)
         uc = torch.from_numpy(req.user_ctx[req.imp_req[g]]).to(dev)
         cand = torch.from_numpy(req.imp_ids[g, n_uc:][:, None]).to(dev)
-        s = net.state(net.encode(hist_t), mask_t, uc)
+        s = net.state(encode_unique(net.encode, hist_t), mask_t, uc)
         a = net.policy(s).actions  # (B, N, D)
         out["scores"].append(torch.einsum("bnd,bd->bn", a, net.item_vectors(cand)[:, 0]).cpu())
         out["served"].append(net.scores(s, cand)[:, 0].cpu())
-        z, z2 = model(model.encode(hist_t), mask_t, uc, cand)
+        z, z2 = model(encode_unique(model.encode, hist_t), mask_t, uc, cand)
         out["model_r"].append(torch.sigmoid(z[:, 0]).cpu())
         out["model_r_prime"].append(torch.sigmoid(z2[:, 0]).cpu())
     return {k: torch.cat(v).numpy() for k, v in out.items()}
@@ -606,7 +606,7 @@ def non_impression_model_outputs(
         valid = req.cand_mask[r] & (cols >= req.n_shown[r][:, None])
         cand = candidate_ids(req, r, np.zeros(len(r), dtype=np.int64))
         z, z2 = model(
-            model.encode(torch.from_numpy(hist).to(dev)),
+            encode_unique(model.encode, torch.from_numpy(hist).to(dev)),
             torch.from_numpy(mask).to(dev),
             torch.from_numpy(req.user_ctx[r]).to(dev),
             torch.from_numpy(cand).to(dev),
@@ -625,18 +625,31 @@ def _or_none(f, *args) -> float | None:
     return float(v[0] if isinstance(v, tuple) else v)
 
 
-def evaluate_mmrf(trainer: MMRFTrainer, dataset: Dataset, split: str = "valid") -> dict[str, Any]:
-    """Offline figures on a split's impressions: per binary aspect, the GAUC of the main
-    (served) score (the WatchTime agent's; Pareto's weighted combination) and of the aspect's
-    own agent; the main score's Pearson
+#: Generator stream of the evaluation's session sample (``training.eval.samples.read_requests``).
+EVAL_STREAM = 7301
+#: Impressions :func:`evaluate_mmrf` reads by default: a hashed share of the split's users.
+EVAL_IMPRESSIONS = 200_000
+
+
+def evaluate_mmrf(
+    trainer: MMRFTrainer, dataset: Dataset, split: str = "valid",
+    max_impressions: int = EVAL_IMPRESSIONS,
+) -> dict[str, Any]:  # fmt: skip
+    """Offline figures on a split's impressions (whole sessions of a hashed random share of
+    its users, about ``max_impressions`` of them; 0: the whole split): per binary aspect, the
+    GAUC of the main (served) score (the WatchTime agent's; Pareto's weighted combination) and
+    of the aspect's own agent; the main score's Pearson
     correlation with model-scale watch time; M's AUC per binary aspect and its watch-time MSE;
     M's uncertainty (the Bernoulli KL of Eq. 6, mean over aspects) on the impressions and on
     the non-impressed candidates (:func:`non_impression_model_outputs`), which were never
     trained on. M's figures only where M trains (not MMRF-DA, -NS). An undefined figure (an
     aspect with one class in the split) is ``None``."""
     from training.eval.metrics import auc, gauc
+    from training.eval.samples import read_requests
 
-    req = build_requests(dataset.read(split), trainer.side)
+    k = int(dataset.meta.get("list_size", 10))
+    n_requests = -(-max_impressions // k)  # 0: the whole split
+    req = read_requests(dataset, split, trainer.side, n_requests, trainer.cfg.seed, EVAL_STREAM)
     o = impression_outputs(trainer, req)
     logged = torch.from_numpy(req.feedback[req.imp_req, req.imp_slot])
     fb = model_scale(logged, trainer.scale).numpy()
@@ -676,6 +689,7 @@ def run(
     progress: bool = True,
     checkpoint_every: int = 500,
     eval_split: str | None = "valid",
+    eval_impressions: int = EVAL_IMPRESSIONS,
 ) -> dict[str, Any]:
     """Fit the reward scale on the training split, train, evaluate; writes ``out/``:
     ``checkpoint.pt`` (networks, M, D^M, optimisers, generators, reward scale),
@@ -697,7 +711,7 @@ def run(
     summary["reward_scale"] = trainer.scale.to_dict()
     (out / "reward_scale.json").write_text(json.dumps(trainer.scale.to_dict(), indent=2))
     if eval_split:
-        summary["eval"] = evaluate_mmrf(trainer, ds, eval_split)
+        summary["eval"] = evaluate_mmrf(trainer, ds, eval_split, eval_impressions)
         summary["eval_split"] = eval_split
     (out / "train.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -750,6 +764,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--eval-split", default="valid", choices=("train", "valid", "test", "none"))
+    p.add_argument(
+        "--eval-impressions",
+        type=int,
+        default=EVAL_IMPRESSIONS,
+        help="impressions of the offline figures (0: the whole split)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     try:  # everything the user passed is checked before any work starts
@@ -766,6 +786,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.data, args.out, cfg, device=device, resume=args.resume,
             progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
             eval_split=None if args.eval_split == "none" else args.eval_split,
+            eval_impressions=args.eval_impressions,
         )  # fmt: skip
     except DivergenceError as e:  # a NaN/inf loss: the run stopped at that step
         print(f"mmrf: error: {e}", file=sys.stderr)

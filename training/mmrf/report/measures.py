@@ -51,6 +51,7 @@ from training.data.features import SideTables, candidate_ids
 from training.drl.batches import history
 from training.eval.metrics import auc, gauc
 from training.harness.stats import nonneg_mean_ci, relative_change
+from training.mmrf.networks import encode_unique
 from training.mmrf.report.plan import CONTROL, TABLE1_ROWS, MMRFReportConfig
 
 Log = Callable[[str], None]
@@ -89,8 +90,8 @@ class ActorScores:
     def logged_scores(self, req: Any, r: np.ndarray, t: np.ndarray) -> np.ndarray:
         g = req.imp_start[r] + t
         hist, mask = history(req, g, self.memory)
-        s = self.net.state(self.net.encode(torch.from_numpy(hist)), torch.from_numpy(mask),
-                           torch.from_numpy(req.user_ctx[r]))  # fmt: skip
+        enc = encode_unique(self.net.encode, torch.from_numpy(hist))
+        s = self.net.state(enc, torch.from_numpy(mask), torch.from_numpy(req.user_ctx[r]))
         cand = torch.from_numpy(candidate_ids(req, r, t))
         return self.net.scores(s, cand).float().numpy()
 
