@@ -101,7 +101,6 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_drl_train(args: argparse.Namespace) -> int:
     from training.drl.train import DRLConfig, run
     from training.harness.config import DRL_RULES, apply_overrides, check_device
-    from training.harness.runfolder import output_folder
 
     cfg = apply_overrides(DRLConfig(), parse_overrides(args.set or []), "drl config", DRL_RULES)
     device = check_device(args.device)
@@ -114,20 +113,8 @@ def _cmd_drl_train(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
 
-    def train() -> dict:
-        return run(args.data, out, cfg, device=device, resume=args.resume,
-                   progress=not args.no_progress)  # fmt: skip
-
-    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 owns the folder
-        # the same refusal as rank 0's (which writes nothing before the first collective), so
-        # no rank waits for a peer that has exited
-        if any(out.glob("*")) and not (args.resume or args.overwrite):
-            raise FileExistsError(f"{out} exists; pass --resume or --overwrite")
-        s = train()
-    else:
-        with output_folder(out, resume=args.resume, overwrite=args.overwrite, what="run folder",
-                           resumable=lambda p: (p / "checkpoint.pt").exists()):  # fmt: skip
-            s = train()
+    s = _train_in_run_folder(out, args, lambda: run(args.data, out, cfg, device=device,
+                             resume=args.resume, progress=not args.no_progress))  # fmt: skip
     if s.get("rank", 0) == 0:
         msg = f"trained {s['instances']:,} instances in {s['seconds']} s ({s['instances_per_s']}/s)"
         if "eval" in s:
@@ -135,6 +122,21 @@ def _cmd_drl_train(args: argparse.Namespace) -> int:
             msg += f"; test AUC teacher {e['auc_teacher']:.4f}, student {e['auc_student']:.4f}"
         print(msg)
     return 0
+
+
+def _train_in_run_folder(out: Path, args: argparse.Namespace, train: Callable[[], dict]) -> dict:
+    """``train()`` with ``out`` claimed as a run folder (``--resume`` / ``--overwrite``); under
+    torchrun rank 0 owns the folder and every other rank makes the same refusal, so no rank
+    waits for a peer that has exited (rank 0 writes nothing before the first collective)."""
+    from training.harness.runfolder import output_folder
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        if any(out.glob("*")) and not (args.resume or args.overwrite):
+            raise FileExistsError(f"{out} exists; pass --resume or --overwrite")
+        return train()
+    with output_folder(out, resume=args.resume, overwrite=args.overwrite, what="run folder",
+                       resumable=lambda p: (p / "checkpoint.pt").exists()):  # fmt: skip
+        return train()
 
 
 def _finished_run(out: Path, cfg: object, resume: bool) -> bool:
@@ -181,7 +183,6 @@ def _cmd_mmrf_train(args: argparse.Namespace) -> int:
     """MMRF, its ablations and the multi-agent baselines (training.mmrf.train.run): the run
     folder rules of drl-train (refuse an existing one, --resume, --overwrite)."""
     from training.harness.config import check_device
-    from training.harness.runfolder import output_folder
     from training.mmrf.train import build_config, run
 
     cfg = build_config(args.variant, args.set or [])
@@ -196,12 +197,13 @@ def _cmd_mmrf_train(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    with output_folder(out, resume=args.resume, overwrite=args.overwrite, what="run folder",
-                       resumable=lambda p: (p / "checkpoint.pt").exists()):  # fmt: skip
-        s = run(args.data, out, cfg, device=device, resume=args.resume,
-                progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
-                eval_split=None if args.eval_split == "none" else args.eval_split,
-                eval_impressions=args.eval_impressions)  # fmt: skip
+    s = _train_in_run_folder(out, args, lambda: run(
+        args.data, out, cfg, device=device, resume=args.resume, progress=not args.no_progress,
+        checkpoint_every=args.checkpoint_every,
+        eval_split=None if args.eval_split == "none" else args.eval_split,
+        eval_impressions=args.eval_impressions))  # fmt: skip
+    if s.get("rank", 0) != 0:
+        return 0
     msg = f"trained {s['instances']:,} instances in {s['seconds']} s ({s['instances_per_s']}/s)"
     e = s.get("eval") or {}
     if e.get("main_gauc_click") is not None:

@@ -252,3 +252,16 @@ def test_ranker_mmrf_train_divergence_is_one_line_and_exit_3(data, tmp_path, cap
     assert len(err.splitlines()) == 1
     assert err.startswith("ranker mmrf-train: error: training diverged at step")
     assert not out.exists()  # no checkpoint before the divergence: no folder is left
+
+
+def test_evaluation_reads_a_hashed_share_of_the_split_or_all_of_it(data):
+    from training.harness.data import split_impressions
+    from training.mmrf.train import evaluate_mmrf
+
+    ds = data[0]
+    tr = _trainer(data)
+    whole = evaluate_mmrf(tr, ds, "valid", max_impressions=0)
+    assert whole["impressions"] == split_impressions(ds, "valid")
+    part = evaluate_mmrf(tr, ds, "valid", max_impressions=whole["impressions"] // 4)
+    assert 0 < part["impressions"] < whole["impressions"] / 2  # whole sessions, about a quarter
+    assert evaluate_mmrf(tr, ds, "valid", max_impressions=whole["impressions"] // 4) == part

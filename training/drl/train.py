@@ -52,8 +52,10 @@ import torch
 from torch import nn
 
 from contract.features import DEFAULT_SPEC, FeatureSpec, spec_differences
+from training import distributed
 from training.data.features import Requests, SideTables, build_requests
 from training.data.pipeline import Dataset, DatasetError, iter_session_batches, shard_for_rank
+from training.distributed import lockstep
 from training.divergence import check_finite, check_finite_parameters, watched
 from training.drl.batches import Batch, history, make_batch, next_buffer, request_order
 from training.drl.losses import (
@@ -408,10 +410,15 @@ def iter_training_batches(
                 yield epoch, trainer.batch(req, order[lo : lo + cfg.batch_size])
 
 
-def _loop(trainer, paths, skip, logs, history_rows, bar, ckpt, checkpoint_every, rank, t0):
+def _loop(trainer, paths, skip, logs, history_rows, bar, ckpt, checkpoint_every, rank, t0,
+          world_size=1):  # fmt: skip
     cfg = trainer.cfg
     seen = 0
-    for i, (_epoch, batch) in enumerate(iter_training_batches(trainer, paths, cfg.epochs)):
+    batches = iter_training_batches(trainer, paths, cfg.epochs)
+    if world_size > 1 and getattr(trainer, "ddp", None) is None:
+        # ranks kept equal by hand (training.distributed): all stop when one runs out
+        batches = lockstep(batches, world_size, trainer.device)
+    for i, (_epoch, batch) in enumerate(batches):
         if i < skip:  # resume: replay the stream (and its RNG draws) up to the checkpoint
             continue
         if cfg.max_instances and trainer.instances >= cfg.max_instances:
@@ -476,12 +483,13 @@ def train(
     t0 = time.perf_counter()
     bar = tqdm(desc=desc, unit="inst", unit_scale=True, disable=not progress or rank != 0)
     seen = 0
-    # Under DDP, join() lets ranks whose shards run out early keep the collectives matched.
+    # Under DDP, join() lets ranks whose shards run out early keep the collectives matched;
+    # a trainer without DDP (MMRF) is kept in step by training.distributed.lockstep instead.
     ddp = getattr(trainer, "ddp", None)
     join = ddp.join() if ddp is not None else contextlib.nullcontext()
     with join:
         seen = _loop(trainer, paths, skip, logs, history_rows, bar, ckpt, checkpoint_every,
-                     rank, t0)  # fmt: skip
+                     rank, t0, world_size)  # fmt: skip
     bar.close()
 
     sec = time.perf_counter() - t0
@@ -544,7 +552,6 @@ def run(
     eval_split: str | None = "test",
 ) -> dict[str, Any]:
     """Train (single process, or one rank under torchrun) and evaluate; writes ``out/``."""
-    import torch.distributed as dist
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -552,13 +559,7 @@ def run(
     # the reward, the session_clicks list field and the test AUC read their aspects
     ds.require_aspects({cfg.reward, "click"}, f"DRL-Rec (reward {cfg.reward!r}, click AUC)")
     side = SideTables.from_tables(ds.users(), ds.items(), ds.spec)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world_size > 1:
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend)
-        if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    rank, world_size, device = distributed.init(device)
     trainer = DRLTrainer(cfg, side, device=device)
     if world_size > 1:
         trainer.wrap_ddp()
@@ -569,8 +570,6 @@ def run(
         summary["eval"] = evaluate(trainer, ds, eval_split)
         summary["eval_split"] = eval_split
         (out / "train.json").write_text(json.dumps(summary, indent=2))
-    if world_size > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    distributed.shutdown(world_size)
     summary["rank"] = rank
     return summary

@@ -61,6 +61,7 @@ from torch import nn
 
 from training.data.features import Requests, build_requests
 from training.data.pipeline import Dataset
+from training.distributed import all_mean
 from training.mmrf.losses import actor_loss
 from training.mmrf.networks import (
     ASPECTS,
@@ -397,9 +398,11 @@ class TSCACTrainer(MMRFTrainer):
         lam = self.lam.value.clone()  # the loss's constants; the buffer moves below
         dist = action_distances(out.actions[:, -1], out.actions[:, :-1].detach())
         loss = tscac_actor_loss(q[:, -1], dist, lam)
-        self.lam.value.copy_(dual_update(lam, dist, cfg.tscac_epsilon, cfg.tscac_lambda_lr))
+        # the multipliers move by the distances of every rank's batch (torchrun), as one
+        dist_all = all_mean(dist.detach(), self.world_size)
+        self.lam.value.copy_(dual_update(lam, dist_all, cfg.tscac_epsilon, cfg.tscac_lambda_lr))
         charts = {"charts/tscac_stage": 2.0}
-        for a, d, m in zip(ASPECTS[:-1], dist.tolist(), self.lam.value.tolist(), strict=True):
+        for a, d, m in zip(ASPECTS[:-1], dist_all.tolist(), self.lam.value.tolist(), strict=True):
             charts[f"charts/tscac_dist_{a}"] = d
             charts[f"charts/tscac_lambda_{a}"] = m
         return loss, charts

@@ -46,9 +46,11 @@ import torch
 from torch import nn
 
 from contract.features import DEFAULT_SPEC, FeatureSpec
+from training import distributed
 from training.data.features import Requests, SideTables, candidate_ids
 from training.data.pipeline import Dataset, DatasetError
 from training.data.validate import check_dataset
+from training.distributed import average_gradients
 from training.divergence import EXIT_DIVERGED, DivergenceError
 from training.drl.batches import history, make_batch
 from training.drl.networks import QNetConfig, push
@@ -363,6 +365,17 @@ class MMRFTrainer(Checkpointed):
         self.dropout_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 3)
         self.step_count = 0
         self.instances = 0
+        self.rank, self.world_size = 0, 1
+
+    def join(self, rank: int, world_size: int) -> None:
+        """Train as rank ``rank`` of ``world_size`` torchrun processes (after the process group
+        is up): gradients are averaged over the ranks before every optimiser step
+        (:mod:`training.distributed`); D^M's draws and M's dropout masks get the rank's own
+        generators. The weights stay equal on every rank."""
+        self.rank, self.world_size = rank, world_size
+        if world_size > 1:
+            self.buffer_rng = _GeneratorState(np.random.default_rng([self.cfg.seed, 2, rank]))
+            self.dropout_gen.manual_seed(self.cfg.seed + 3 + 1000 * rank)
 
     @property
     def uses_model(self) -> bool:
@@ -463,12 +476,14 @@ class MMRFTrainer(Checkpointed):
         l_critic = critic_losses(q, y)
         self.critic_opt.zero_grad(set_to_none=True)
         l_critic.sum().backward()
+        average_gradients(net.critic_parameters(), self.world_size)
         gn_c = nn.utils.clip_grad_norm_(net.critic_parameters(), cfg.grad_clip)
         self.critic_opt.step()
 
         l_actor, actor_charts = self.actor_objective(s)
         self.actor_opt.zero_grad(set_to_none=True)
         l_actor.backward()
+        average_gradients(net.actor_parameters(), self.world_size)
         gn_a = nn.utils.clip_grad_norm_(net.actor_parameters(), cfg.grad_clip)
         self.actor_opt.step()
         soft_update(self.target, net, cfg.target_tau)
@@ -492,6 +507,7 @@ class MMRFTrainer(Checkpointed):
         )
         self.model_opt.zero_grad(set_to_none=True)
         loss.sum().backward()
+        average_gradients(self.model.parameters(), self.world_size)
         nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.model_opt.step()
         return loss.detach()
@@ -700,20 +716,27 @@ def run(
     ds.require_aspects(ASPECTS, "MMRF (one agent per feedback aspect)")
     side = SideTables.from_tables(ds.users(), ds.items(), ds.spec)
     scale = fit_reward_scale(ds.paths("train"), cfg.watch_time_quantile)
+    rank, world_size, device = distributed.init(device)
     trainer = make_trainer(cfg, side, scale, device=device)
+    trainer.join(rank, world_size)
     summary = train(trainer, ds, out=out, resume=resume, progress=progress,  # type: ignore[arg-type]
-                    checkpoint_every=checkpoint_every, desc=cfg.algorithm)  # fmt: skip
+                    checkpoint_every=checkpoint_every, desc=cfg.algorithm,
+                    rank=rank, world_size=world_size)  # fmt: skip
     summary["method"] = cfg.algorithm
-    finished = trainer.finish(ds)
-    if finished is not None:  # e.g. Pareto's weights: part of the model, saved with it
-        summary[cfg.algorithm] = finished
-        trainer.save(out / "checkpoint.pt")
-    summary["reward_scale"] = trainer.scale.to_dict()
-    (out / "reward_scale.json").write_text(json.dumps(trainer.scale.to_dict(), indent=2))
-    if eval_split:
-        summary["eval"] = evaluate_mmrf(trainer, ds, eval_split, eval_impressions)
-        summary["eval_split"] = eval_split
-    (out / "train.json").write_text(json.dumps(summary, indent=2))
+    summary["world_size"] = world_size
+    finished = trainer.finish(ds)  # on every rank: the same data, the same weights
+    if rank == 0:
+        if finished is not None:  # e.g. Pareto's weights: part of the model, saved with it
+            summary[cfg.algorithm] = finished
+            trainer.save(out / "checkpoint.pt")
+        summary["reward_scale"] = trainer.scale.to_dict()
+        (out / "reward_scale.json").write_text(json.dumps(trainer.scale.to_dict(), indent=2))
+        if eval_split:
+            summary["eval"] = evaluate_mmrf(trainer, ds, eval_split, eval_impressions)
+            summary["eval_split"] = eval_split
+        (out / "train.json").write_text(json.dumps(summary, indent=2))
+    distributed.shutdown(world_size)
+    summary["rank"] = rank
     return summary
 
 
