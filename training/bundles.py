@@ -38,7 +38,7 @@ from training.drl.networks import flops_per_request
 from training.drl.train import DRLConfig, DRLRec, checkpoint_spec
 from training.export import ExportModel, actor_export, pointwise_export, q_export, real_batch
 from training.export import export_bundle as _export_bundle
-from training.mmrf.networks import MultiAgentActorCritic
+from training.mmrf.networks import MultiAgentActorCritic, actor_flops_per_request
 from training.mmrf.train import MMRFConfig
 
 __all__ = [
@@ -275,6 +275,7 @@ def mmrf_export(run: str | Path, spec: FeatureSpec | None = None) -> ExportModel
     ev = summary.get("eval", {})
     return actor_export(
         MMRF_MODEL, net, run_spec, summary["reward_scale"],
+        flops_per_request=actor_flops_per_request(net.cfg),
         training={"run": str(run), "method": "mmrf", "config": asdict(cfg),
                   "steps": summary.get("steps"), "instances": summary.get("instances"),
                   "agent": "watch_time (main)"},

@@ -142,6 +142,9 @@ def test_ranker_export_adds_an_mmrf_run_folder_as_mmrf_watchtime(tiny_data, tmp_
     assert e.dims["memory"] == 5  # its own window, not DRL-Rec's 4
     assert e.metrics == {"eval_split": "valid", "main_gauc_click": 0.5}
     assert e.training["config"]["action_dim"] == 4
+    from training.mmrf.networks import actor_flops_per_request
+
+    assert e.flops_per_request == actor_flops_per_request(mm.net.cfg) > 0
     assert max(m.raw["models"]["mmrf_watchtime"]["parity_max_abs_err"].values()) <= 1e-5
     assert "real/step" in m.raw["models"]["mmrf_watchtime"]["parity_max_abs_err"]
     # Missing run folder: refused before anything is written.

@@ -171,3 +171,28 @@ def test_config_refuses_bad_shapes():
         _cfg(collaboration="sum")
     with pytest.raises(ValueError, match="actions"):
         _net().critic_q(_randn(2, 8), _randn(2, 6, 4))
+
+
+def test_actor_flops_match_a_hand_count():
+    """22 fields (10 user/context, 12 candidate), d_r 4, H 8, m 2, N 3 agents, d 4, D 2, one
+    actor hidden layer of 5; 7 candidates, 2 slots."""
+    from contract.features import DEFAULT_SPEC
+    from training.drl.networks import QNetConfig
+    from training.mmrf.networks import MMRFNetConfig, actor_flops_breakdown, actor_flops_per_request
+
+    enc = QNetConfig.from_spec(DEFAULT_SPEC, d_r=4, gru_hidden=8, memory=2)
+    cfg = MMRFNetConfig(encoder=enc, n_agents=3, agent_dim=4, heads=2, action_dim=2,
+                        actor_hidden=(5,))  # fmt: skip
+    # encoder 3*22*16 + 2*22*22*4 + 22*16 = 5280; state 10*4*8 + 2*3*8*(88+8) = 4928;
+    # agents 3*8*4 (W^i) + 3*3*16 + 2*9*4 (attention) + 2*(8*5 + 5*2) (aux actors on h+e)
+    # + (20*5 + 5*2) (main actor on h^N, 3 contexts, 2 aux actions) = 522;
+    # candidates 7 * (48*2 + 2) = 686; each per slot, 2 slots
+    assert actor_flops_breakdown(cfg, n_candidates=7, k=2) == {
+        "encoder": 10560, "state": 9856, "agents": 1044, "candidates": 1372,
+    }  # fmt: skip
+    assert actor_flops_per_request(cfg, n_candidates=7, k=2) == 10560 + 9856 + 1044 + 1372
+    # MMRF-CO: contexts are the other two h (8 wide), no attention products:
+    # 96 + 2*(12*5 + 5*2) + ((4 + 3*8 + 2*2)*5 + 5*2) = 96 + 140 + 170 = 406 per slot
+    co = MMRFNetConfig(encoder=enc, n_agents=3, agent_dim=4, heads=2, action_dim=2,
+                       actor_hidden=(5,), collaboration="concat")  # fmt: skip
+    assert actor_flops_breakdown(co, n_candidates=7, k=1)["agents"] == 406

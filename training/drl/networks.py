@@ -575,17 +575,28 @@ def flops_breakdown(cfg: QNetConfig, n_candidates: int = 200, k: int = 10) -> di
     LayerNorm, the GRU gates' element-wise products, means, embedding gathers (each linear in
     a width, against products of two widths).
     """
-    n, d, h, m = cfg.n_fields, cfg.d_r, cfg.gru_hidden, cfg.memory
-    e, w = cfg.enc_dim, cfg.mlp
-    encoder = (3 * n * d * d + 2 * n * n * d + n * d * d) if cfg.self_attention else 0
-    sequence = m * 3 * h * (e + h) if cfg.gru else e * h + h * h
-    state = cfg.n_user_ctx * d * h + sequence + h * w[0]
+    w = cfg.mlp
     per_candidate = cfg.cand_dim * w[0] + sum(a * b for a, b in pairwise(w)) + w[-1]
     return {
-        "encoder": k * encoder,
-        "state": k * state,
+        "encoder": k * encoder_flops(cfg),
+        "state": k * (state_flops(cfg) + cfg.gru_hidden * w[0]),
         "candidates": k * n_candidates * per_candidate,
     }
+
+
+def encoder_flops(cfg: QNetConfig) -> int:
+    """Multiply-adds of encoding one impression: ``3 n d^2 + 2 n^2 d + n d^2`` with the field
+    self-attention, 0 with average pooling (:func:`flops_breakdown`'s ``encoder`` per slot)."""
+    n, d = cfg.n_fields, cfg.d_r
+    return (3 * n * d * d + 2 * n * n * d + n * d * d) if cfg.self_attention else 0
+
+
+def state_flops(cfg: QNetConfig) -> int:
+    """Multiply-adds of ``s_t`` from the buffer: ``n_uc d H + m 3H(E + H)`` (``h_0``, the GRU
+    steps), with ``gru=False`` ``n_uc d H + E H + H^2`` (:func:`flops_breakdown`)."""
+    d, h, m, e = cfg.d_r, cfg.gru_hidden, cfg.memory, cfg.enc_dim
+    sequence = m * 3 * h * (e + h) if cfg.gru else e * h + h * h
+    return cfg.n_user_ctx * d * h + sequence
 
 
 def flops_per_request(cfg: QNetConfig, n_candidates: int = 200, k: int = 10) -> int:

@@ -66,6 +66,8 @@ __all__ = [
     "MMRFNetConfig",
     "MultiAgentActorCritic",
     "concat_others",
+    "actor_flops_breakdown",
+    "actor_flops_per_request",
     "encode_unique",
     "mlp",
     "seeded_dropout",
@@ -149,6 +151,51 @@ def encode_unique(
     uniq, inv = torch.unique(ids.reshape(-1, n), dim=0, return_inverse=True)
     enc = encode(uniq)
     return enc[inv].reshape(*ids.shape[:-1], enc.shape[-1])
+
+
+def mlp_flops(d_in: int, hidden: Sequence[int], d_out: int) -> int:
+    """Multiply-adds of one :func:`mlp` pass (weights only)."""
+    widths = [d_in, *map(int, hidden), d_out]
+    return sum(a * b for a, b in zip(widths, widths[1:], strict=False))
+
+
+def actor_flops_breakdown(
+    cfg: MMRFNetConfig, n_candidates: int = 200, k: int = 10
+) -> dict[str, int]:
+    """Multiply-adds of serving one list of ``k`` items from ``n_candidates`` with the main
+    agent's actor (the bundle's ``mmrf_watchtime``), by part; the counting rules of
+    :func:`training.drl.networks.flops_breakdown` (matrix products only; every slot scores
+    every candidate, placed ones masked).
+
+    Per slot: ``encoder`` (the placed impression, as DRL-Rec's), ``state`` (``h_0`` and the
+    GRU steps, as DRL-Rec's, without an MLP), ``agents`` = ``N H d`` (the ``W^i``) + the
+    collaboration (attention: ``3 N d^2`` for ``W_q``, ``W_k``, ``W_o`` and ``2 N^2 d`` for the
+    scores and weighted sums; concatenation: 0) + the ``N - 1`` auxiliary actors on ``d +
+    context`` inputs + the main actor on :attr:`MMRFNetConfig.main_input_dim` inputs, and
+    ``candidates`` = ``n_candidates (A D + D)``: each candidate's item vector (``W_v`` on its
+    ``A = n_cand d_r`` embedded ids) and its dot product with the action.
+    """
+    from training.drl.networks import encoder_flops, state_flops
+
+    enc, n, d, a = cfg.encoder, cfg.n_agents, cfg.agent_dim, cfg.action_dim
+    collab = 3 * n * d * d + 2 * n * n * d if cfg.collaboration == "attention" else 0
+    agents = (
+        n * enc.gru_hidden * d
+        + collab
+        + (n - 1) * mlp_flops(d + cfg.context_dim, cfg.actor_hidden, a)
+        + mlp_flops(cfg.main_input_dim, cfg.actor_hidden, a)
+    )
+    return {
+        "encoder": k * encoder_flops(enc),
+        "state": k * state_flops(enc),
+        "agents": k * agents,
+        "candidates": k * n_candidates * (enc.cand_dim * a + a),
+    }
+
+
+def actor_flops_per_request(cfg: MMRFNetConfig, n_candidates: int = 200, k: int = 10) -> int:
+    """Total multiply-adds of one request; :func:`actor_flops_breakdown` says what is counted."""
+    return sum(actor_flops_breakdown(cfg, n_candidates, k).values())
 
 
 def mlp(d_in: int, hidden: Sequence[int], d_out: int, dropout: float = 0.0) -> nn.Sequential:
