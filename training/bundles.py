@@ -293,6 +293,9 @@ class DefaultBundleConfig:
     """DRL-Rec at the report's per-run budget (50k instances, 100 exploration candidates)."""
     wd_train_impressions: int = 300_000
     wd_valid_impressions: int = 60_000
+    mmrf_overrides: tuple[tuple[str, Any], ...] | None = (("max_instances", 50_000),)
+    """MMRF (``mmrf_watchtime``) at the MMRF report's per-run budget, the default config
+    otherwise (``uncertainty_lambda`` 1); ``None``: no MMRF arm."""
     seed: int = 0
 
 
@@ -306,10 +309,12 @@ def build_default_bundle(
     cfg: DefaultBundleConfig = DefaultBundleConfig(),
     log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
-    """Simulate the world if ``data`` is missing, train DRL-Rec and the weighted Wide&Deep
-    into ``work`` (a finished stage is reused), and export to ``out``. Torch runs on one
+    """Simulate the world if ``data`` is missing, train DRL-Rec, the weighted Wide&Deep and
+    MMRF into ``work`` (a finished stage is reused), and export to ``out``. Torch runs on one
     thread so the result does not depend on the machine's core count."""
     from training.drl.train import run
+    from training.mmrf.train import MMRFConfig
+    from training.mmrf.train import run as run_mmrf
     from training.sim.config import preset
     from training.sim.generate import generate_dataset
 
@@ -323,18 +328,16 @@ def build_default_bundle(
                          preset_name=cfg.world_preset)  # fmt: skip
     drl_dir = work / "drl"
     drl_cfg = DRLConfig(seed=cfg.seed).with_overrides(**dict(cfg.drl_overrides))
-    done = drl_dir / "train.json"
-    if not (
-        done.is_file()
-        and "eval" in json.loads(done.read_text())
-        and json.loads(done.read_text())["config"] == json.loads(json.dumps(asdict(drl_cfg)))
-    ):
+    if not _finished_stage(drl_dir, drl_cfg):
         log(f"training DRL-Rec into {drl_dir} ...")
-        if drl_dir.exists():
-            import shutil
-
-            shutil.rmtree(drl_dir)
         run(data, drl_dir, drl_cfg, progress=progress)
+    mmrf_dir = None
+    if cfg.mmrf_overrides is not None:
+        mmrf_dir = work / "mmrf"
+        mmrf_cfg = MMRFConfig(seed=cfg.seed).with_overrides(**dict(cfg.mmrf_overrides))
+        if not _finished_stage(mmrf_dir, mmrf_cfg):
+            log(f"training MMRF into {mmrf_dir} ...")
+            run_mmrf(data, mmrf_dir, mmrf_cfg, progress=progress)
     wd_path = work / "wide_deep_weighted.pt"
     if not (wd_path.is_file() and wd_path.with_suffix(".json").is_file()):
         log(f"training the weighted Wide&Deep into {wd_path} ...")
@@ -342,4 +345,20 @@ def build_default_bundle(
                                  valid_impressions=cfg.wd_valid_impressions, seed=cfg.seed,
                                  progress=progress)  # fmt: skip
     log(f"exporting to {out} ...")
-    return export_runs(drl_dir, wd_path, data, out, name="default", overwrite=overwrite)
+    return export_runs(drl_dir, wd_path, data, out, mmrf=mmrf_dir, name="default",
+                       overwrite=overwrite)  # fmt: skip
+
+
+def _finished_stage(run_dir: Path, cfg: Any) -> bool:
+    """Whether ``run_dir`` holds a finished, evaluated run of ``cfg``; when not, whatever is
+    there is removed (the stage trains afresh)."""
+    done = run_dir / "train.json"
+    if done.is_file():
+        info = json.loads(done.read_text())
+        if "eval" in info and info["config"] == json.loads(json.dumps(asdict(cfg))):
+            return True
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    return False

@@ -97,10 +97,15 @@ def test_default_bundle_writes_nothing_outside_its_out(tmp_path, monkeypatch):
         world_preset="tiny", wd_train_impressions=2000, wd_valid_impressions=500,
         drl_overrides=(("n_explore", 20), ("max_instances", 64), ("batch_size", 32), ("d_r", 8),
                        ("gru_hidden", 16), ("mlp", (16, 8, 8)), ("sessions_per_chunk", 32)),
+        mmrf_overrides=(("max_instances", 64), ("batch_size", 32), ("d_r", 4), ("gru_hidden", 8),
+                        ("agent_dim", 8), ("heads", 2), ("action_dim", 4), ("actor_hidden", (8,)),
+                        ("critic_mlp", (8,)), ("model_hidden", (8,)), ("sessions_per_chunk", 32)),
     )  # fmt: skip
     m = default_bundle("bundle", cfg=tiny, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
-    assert (tmp_path / "bundle" / "manifest.json").is_file() and m["models"]
+    assert (tmp_path / "bundle" / "manifest.json").is_file()
+    assert set(m["models"]) == {"drl_student", "drl_teacher", "wide_deep_weighted",
+                                "mmrf_watchtime"}  # fmt: skip
 
 
 def test_default_bundle_refuses_an_existing_out_and_writes_nothing(tmp_path, monkeypatch, capsys):
