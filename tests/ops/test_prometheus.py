@@ -171,7 +171,7 @@ def send_load(url: str) -> Counter:
             if pause > 0:
                 time.sleep(pause)  # pacing the offered load, not waiting for a result
             s = i % N_SESSIONS
-            body = {"user_id": 1000 + s, "session_id": 5000 + s, "k": K, "arm": ARMS[s % 3],
+            body = {"user_id": 1000 + s, "session_id": 5000 + s, "k": K, "arm": ARMS[s % len(ARMS)],
                     "candidates": rng.sample(items, N_CANDIDATES),
                     "context": {"timestamp_ms": TS + i * 1000}}  # fmt: skip
             r = client.post("/v1/rank", json=body)

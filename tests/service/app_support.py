@@ -25,8 +25,13 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 TS = 1_700_000_000_000 + 13 * 3_600_000  # a fixed afternoon, epoch ms: the hour feature holds
 N_BUCKETS = 10_000
 
-ARMS = ("drl_student", "drl_teacher", "wide_deep_weighted")
-WEIGHTS = {"drl_student": 0.5, "drl_teacher": 0.3, "wide_deep_weighted": 0.2}
+ARMS = ("drl_student", "drl_teacher", "wide_deep_weighted", "mmrf_watchtime")
+WEIGHTS = {
+    "drl_student": 0.4,
+    "drl_teacher": 0.25,
+    "wide_deep_weighted": 0.2,
+    "mmrf_watchtime": 0.15,
+}
 
 
 def write_experiment(

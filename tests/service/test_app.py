@@ -259,7 +259,7 @@ def test_models_lists_arms_ranges_and_model_versions(served: Served) -> None:
 
 def test_metrics_have_request_latency_by_route_and_arm_and_every_stage(served: Served) -> None:
     cands = items(served.bundle, 30)
-    for arm in ARMS:  # the last one, wide_deep_weighted, gets the feedback
+    for arm in ARMS:  # the last one, mmrf_watchtime, gets the feedback
         uid = user_for(served.experiment, arm)
         r = served.rank(user_id=uid, candidates=cands, k=3)
     fb = served.client.post("/v1/feedback", json={
@@ -272,7 +272,7 @@ def test_metrics_have_request_latency_by_route_and_arm_and_every_stage(served: S
     counted = {(s.labels["route"], s.labels["arm"]) for s in req.samples
                if s.name == "ranker_request_duration_seconds_count" and s.value > 0}  # fmt: skip
     assert {("/v1/rank", a) for a in ARMS} <= counted
-    assert ("/v1/feedback", "wide_deep_weighted") in counted
+    assert ("/v1/feedback", "mmrf_watchtime") in counted
     buckets = [s for s in req.samples if s.name == "ranker_request_duration_seconds_bucket"]
     assert any(s.labels["le"] == "+Inf" for s in buckets)
     stage = fams["ranker_stage_duration_seconds"]
@@ -468,8 +468,10 @@ def test_admin_without_a_configured_token_is_403_and_the_default_split_serves(tm
         m = client.get("/v1/models").json()
         split = {a["name"]: (a["weight"], a["exploration_rate"], a["exploration_top_k"])
                  for a in m["arms"]}  # fmt: skip
-        assert split == {"drl_student": (0.8, 0.05, 3), "drl_teacher": (0.1, 0.0, 1),
-                         "wide_deep_weighted": (0.1, 0.0, 1)}  # fmt: skip
+        # the README's default split (0.8, 0.1, 0.1, 0.1) renormalised over the four arms
+        assert split == {"drl_student": (0.8 / 1.1, 0.05, 3), "drl_teacher": (0.1 / 1.1, 0.0, 1),
+                         "wide_deep_weighted": (0.1 / 1.1, 0.0, 1),
+                         "mmrf_watchtime": (0.1 / 1.1, 0.0, 1)}  # fmt: skip
         assert m["experiment_seed"] == "ranker-default"
 
 

@@ -35,8 +35,8 @@ def test_a_reload_re_derives_the_default_split_for_the_new_bundle(tmp_path):
         r = client.post("/admin/reload", json={"bundle_dir": new}, headers=AUTH)
         assert r.status_code == 200, r.text
         arms = {a["name"]: a["weight"] for a in client.get("/v1/models").json()["arms"]}
-        assert set(arms) == {"drl_student", "drl_teacher"}
-        assert abs(arms["drl_student"] - 0.8 / 0.9) < 1e-12
+        assert set(arms) == {"drl_student", "drl_teacher", "mmrf_watchtime"}
+        assert abs(arms["drl_student"] - 0.8 / 1.0) < 1e-12
 
 
 def test_a_reload_keeps_an_explicit_experiment_and_refuses_a_bundle_without_its_arms(tmp_path):

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from service.app import create_app
-from tests.service.app_support import AUTH, DEFAULT_BUNDLE, TS, assert_refused, make_settings
+from tests.service.app_support import ARMS, AUTH, DEFAULT_BUNDLE, TS, assert_refused, make_settings
 
 
 def copy_bundle(dest: Path, version: str | None = None) -> Path:
@@ -75,9 +75,9 @@ async def test_reload_under_concurrent_requests_loses_none(tmp_path: Path) -> No
             info = [ln for ln in (await client.get("/metrics")).text.splitlines()
                     if ln.startswith("ranker_model_info{")]  # fmt: skip
             now = {ln for ln in info if 'bundle_version="default-reloaded"' in ln}
-            assert len(now) == 3 and all(ln.endswith(" 1.0") for ln in now)
+            assert len(now) == len(ARMS) and all(ln.endswith(" 1.0") for ln in now)
             before = [ln for ln in info if f'bundle_version="{old["bundle_version"]}"' in ln]
-            assert len(before) == 3 and all(ln.endswith(" 0.0") for ln in before)
+            assert len(before) == len(ARMS) and all(ln.endswith(" 0.0") for ln in before)
             # Same state schema: the session's cached state survives the swap.
             assert models["state_schema_version"] == old["state_schema_version"]
             assert (await rank(5, session))["state"] == "warm"
