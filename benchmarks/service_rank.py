@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=200)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--arms", nargs="+", default=["drl_student", "drl_teacher",
-                                                  "wide_deep_weighted"])  # fmt: skip
+                                                  "wide_deep_weighted", "mmrf_watchtime"])  # fmt: skip
     ap.add_argument("--out", default="runs/bench/service_rank.json")
     args = ap.parse_args()
     out = asyncio.run(run(args))
