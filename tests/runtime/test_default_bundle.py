@@ -17,10 +17,14 @@ DEFAULT = Path(__file__).resolve().parents[2] / "models" / "default"
 def test_committed_default_bundle_loads_matches_the_spec_and_its_hashes_hold():
     m = read_manifest(DEFAULT)  # checks the sha256 of every file
     assert m.spec == DEFAULT_SPEC, "the default bundle was trained on another feature spec"
-    assert set(m.models) == {"drl_student", "drl_teacher", "wide_deep_weighted"}
+    assert set(m.models) == {"drl_student", "drl_teacher", "wide_deep_weighted",
+                             "mmrf_watchtime"}  # fmt: skip
     for name, entry in m.raw["models"].items():
         assert max(entry["parity_max_abs_err"].values()) <= 1e-5, name
-        assert entry["metrics"]["auc_test"] > 0.65, name
+        # click AUC on test (point-wise, DRL-Rec); the actor's click GAUC on valid (MMRF)
+        quality = entry["metrics"].get("auc_test", entry["metrics"].get("main_gauc_click"))
+        assert quality > 0.65, name
+    assert m.models["mmrf_watchtime"].kind == "actor" and m.models["mmrf_watchtime"].reward_scale
     student, teacher = m.models["drl_student"], m.models["drl_teacher"]
     assert student.params < 0.5 * teacher.params
     bundle = load_bundle(DEFAULT)  # graphs against the manifest, warm-up through every graph
@@ -42,7 +46,7 @@ def test_a_bundle_loaded_for_batch_size_one_ranks_exactly_like_any_batch():
     any_b, one = load_bundle(DEFAULT), load_bundle(DEFAULT, batch_size=1)
     assert one.batch_size == 1 and any_b.batch_size is None
     items = one.tables.item_ids[::97][:200][None]
-    for name in ("drl_student", "drl_teacher", "wide_deep_weighted"):
+    for name in ("drl_student", "drl_teacher", "wide_deep_weighted", "mmrf_watchtime"):
         outs = []
         for bundle in (any_b, one):
             model = bundle.model(name)
